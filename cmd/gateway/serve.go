@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/nimbus/gateway/authn"
+	"github.com/nimbus/gateway/lease"
+	"github.com/nimbus/gateway/proxy"
+	"github.com/nimbus/gateway/store"
+	"github.com/nimbus/gateway/targets"
+)
+
+// serveConfig is everything `gateway serve` reads from flags and env.
+type serveConfig struct {
+	addr, dataDir, config, store, publicURL, chromium, logLevel string
+	tenantKeys                                                  listFlag
+	connectKeys                                                 string
+	ttlDefault, ttlMax                                          time.Duration
+	maxSessions                                                 int
+	drainTimeout                                                time.Duration
+}
+
+func serve(args []string, stdout, stderr io.Writer) error {
+	var c serveConfig
+	fs := newFlagSet("serve")
+	fs.StringVar(&c.addr, "addr", ":8080", "listen address")
+	fs.StringVar(&c.dataDir, "data-dir", "./nimbus-data", "directory for the SQLite store, keys and sandbox roots")
+	fs.StringVar(&c.config, "config", "", "catalog YAML to seed (default: the embedded demo catalog, same as testdata/catalog.yaml)")
+	fs.StringVar(&c.store, "store", "", "store: a SQLite file path (default <data-dir>/nimbus.db)")
+	fs.StringVar(&c.publicURL, "public-url", "", "base URL of minted connect URLs (default: from each request's Host)")
+	fs.StringVar(&c.chromium, "chromium", "", "Chromium binary for the browser service (default: found on PATH)")
+	fs.Var(&c.tenantKeys, "tenant-key", "tenant-token verification key file (HS256 secret, Ed25519 or RSA public key PEM); repeatable; default: the development key in the data dir")
+	fs.StringVar(&c.connectKeys, "connect-keys", "", "connect-URL keyset JSON (default: <data-dir>/keys/connect.json, created if absent)")
+	fs.DurationVar(&c.ttlDefault, "ttl-default", 15*time.Minute, "session TTL when the request names none")
+	fs.DurationVar(&c.ttlMax, "ttl-max", time.Hour, "cap on every session TTL")
+	fs.IntVar(&c.maxSessions, "max-sessions-per-tenant", 1000, "open sessions a tenant may hold")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "how long SIGTERM waits for requests to finish")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return runServer(ctx, c, stdout, stderr)
+}
+
+// runServer wires the gateway and serves until ctx ends, then drains.
+func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) error {
+	log, err := newLogger(c.logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	if err := os.MkdirAll(c.dataDir, 0o750); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+
+	dbPath := c.store
+	if dbPath == "" {
+		dbPath = filepath.Join(c.dataDir, "nimbus.db")
+	}
+	if strings.HasPrefix(dbPath, "postgres://") || strings.HasPrefix(dbPath, "postgresql://") {
+		return errors.New("--store postgres:// is not supported by this build yet; use a SQLite path")
+	}
+	db, err := store.OpenSQLite(dbPath)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer db.Close()
+
+	verifier, devKey, err := tenantVerifier(c)
+	if err != nil {
+		return err
+	}
+	ck, err := connectKeys(c)
+	if err != nil {
+		return err
+	}
+
+	cfg, err := catalogConfig(c.config)
+	if err != nil {
+		return err
+	}
+	catalog := targets.NewCatalog(db, targets.Options{DataDir: c.dataDir, Logger: log})
+	if err := catalog.Seed(ctx, cfg); err != nil {
+		return fmt.Errorf("seeding the catalog: %w", err)
+	}
+	if err := catalog.Start(ctx); err != nil {
+		return fmt.Errorf("starting sandboxes: %w", err)
+	}
+	defer catalog.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var srv *proxy.Server
+	expirer := lease.NewExpirer(db, lease.ExpirerOptions{Logger: log, OnExpire: func(s *lease.Session, at time.Time) {
+		srv.ExpiryObserved(s, at)
+	}})
+	srv = proxy.New(proxy.Options{
+		Sessions: db, Catalog: catalog, Tenants: verifier, ConnectKeys: ck, Expirer: expirer, Ping: db.Ping,
+		TTL: lease.TTLPolicy{Default: c.ttlDefault, Max: c.ttlMax}, MaxOpenPerTenant: c.maxSessions,
+		PublicURL: c.publicURL, Logger: log, Registry: reg,
+	})
+
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(log)}
+	expCtx, cancelExp := context.WithCancel(context.Background())
+	expDone := make(chan struct{})
+	go func() { defer close(expDone); expirer.Run(expCtx) }()
+	defer func() { cancelExp(); <-expDone }()
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+	log.Info("gateway listening", zap.String("addr", ln.Addr().String()), zap.String("dataDir", c.dataDir), zap.String("store", dbPath))
+	if devKey != nil {
+		printWelcome(stdout, ln.Addr(), devKey, cfg)
+	}
+
+	select {
+	case err := <-serveErr:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("draining")
+	srv.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), c.drainTimeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		log.Warn("drain timed out", zap.Error(err))
+		_ = hs.Close()
+	}
+	return nil
+}
+
+// tenantVerifier loads --tenant-key files, or the development key when
+// none are given (returned so the welcome text can mint with it).
+func tenantVerifier(c serveConfig) (*authn.Verifier, ed25519.PrivateKey, error) {
+	if len(c.tenantKeys) > 0 {
+		keys := make([]authn.Key, 0, len(c.tenantKeys))
+		for _, p := range c.tenantKeys {
+			k, err := authn.LoadKeyFile(p)
+			if err != nil {
+				return nil, nil, fmt.Errorf("--tenant-key %s: %w", p, err)
+			}
+			keys = append(keys, k)
+		}
+		v, err := authn.NewVerifier(keys)
+		return v, nil, err
+	}
+	priv, err := authn.LoadOrCreateDevKey(c.dataDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("development key: %w", err)
+	}
+	v, err := authn.NewVerifier([]authn.Key{authn.DevKey(priv)})
+	return v, priv, err
+}
+
+func connectKeys(c serveConfig) (*authn.ConnectKeys, error) {
+	if c.connectKeys != "" {
+		return authn.LoadConnectKeys(c.connectKeys)
+	}
+	return authn.LoadOrCreateConnectKeys(c.dataDir)
+}
+
+func catalogConfig(path string) (*targets.Config, error) {
+	if path == "" {
+		return targets.DefaultConfig(), nil
+	}
+	return targets.LoadConfig(path)
+}
+
+func newLogger(level string, w io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, usageError("--log-level: " + err.Error())
+	}
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(zapcore.AddSync(w)), lvl)
+	return zap.New(core), nil
+}

@@ -1,0 +1,171 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/nimbus/gateway/authn"
+	"github.com/nimbus/gateway/lease"
+	"github.com/nimbus/gateway/targets"
+)
+
+// Options configures a Server. Zero values take the documented defaults.
+type Options struct {
+	// Sessions persists sessions and audit events. Required.
+	Sessions lease.Store
+	// Catalog resolves targets and serves the admin API. Required.
+	Catalog *targets.Catalog
+	// Tenants verifies tenant bearer tokens. Required.
+	Tenants *authn.Verifier
+	// ConnectKeys signs and verifies connect URLs. Required.
+	ConnectKeys *authn.ConnectKeys
+	// Expirer, if not nil, is notified of every opened session so that it
+	// records the expiry on time.
+	Expirer *lease.Expirer
+	// Ping reports whether the store can serve (for /readyz); nil means
+	// always ready.
+	Ping func(context.Context) error
+
+	// TTL is the session TTL policy: 15 min default, 1 h cap.
+	TTL lease.TTLPolicy
+	// MaxOpenPerTenant bounds the open sessions of one tenant; zero means
+	// 1000.
+	MaxOpenPerTenant int
+	// PublicURL is the base of minted connect URLs (e.g.
+	// "https://gw.example.com"); "" derives it from each request's Host.
+	PublicURL string
+
+	// Logger receives request and audit logs; nil discards them.
+	Logger *zap.Logger
+	// Registry receives the gateway's metrics; nil makes a private one.
+	Registry *prometheus.Registry
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server serves the gateway's HTTP API. Create it with New.
+type Server struct {
+	// Static after construction.
+	sessions    lease.Store
+	catalog     *targets.Catalog
+	tenants     *authn.Verifier
+	connectKeys *authn.ConnectKeys
+	expirer     *lease.Expirer
+	ping        func(context.Context) error
+	ttl         lease.TTLPolicy
+	maxOpen     int
+	publicURL   string
+	log         *zap.Logger
+	registry    *prometheus.Registry
+	metrics     *metrics
+	now         func() time.Time
+	handler     http.Handler
+
+	// beforeCommit, when set by a test, runs between authorization and
+	// commit of an open (SPEC §4.1 step 8's window).
+	beforeCommit func()
+
+	draining atomic.Bool
+}
+
+// New returns a Server for o.
+func New(o Options) *Server {
+	s := &Server{
+		sessions: o.Sessions, catalog: o.Catalog, tenants: o.Tenants, connectKeys: o.ConnectKeys,
+		expirer: o.Expirer, ping: o.Ping, ttl: o.TTL, maxOpen: o.MaxOpenPerTenant,
+		publicURL: o.PublicURL, log: o.Logger, registry: o.Registry, now: o.Now,
+	}
+	if s.maxOpen <= 0 {
+		s.maxOpen = 1000
+	}
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	if s.registry == nil {
+		s.registry = prometheus.NewRegistry()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.metrics = newMetrics(s.registry)
+	s.handler = s.routes()
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+// Drain stops the Server from opening sessions; /readyz turns unready so
+// load balancers move traffic away (SIGTERM).
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// ExpiryObserved feeds the expiry-lag metric: sess's expiry was recorded
+// at at. Wire it to lease.ExpirerOptions.OnExpire.
+func (s *Server) ExpiryObserved(sess *lease.Session, at time.Time) {
+	s.metrics.expiryLag.Observe(at.Sub(sess.ExpiresAt).Seconds())
+}
+
+func (s *Server) routes() http.Handler {
+	r := mux.NewRouter()
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNotFoundRoute) })
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errMethod) })
+
+	r.HandleFunc("/healthz", s.healthz).Methods(http.MethodGet)
+	r.HandleFunc("/readyz", s.readyz).Methods(http.MethodGet)
+	r.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)
+
+	// Full paths, not a PathPrefix subrouter: gorilla/mux answers a method
+	// mismatch inside a subrouter with 404 instead of 405.
+	t := tenantRoutes{r}
+	t.HandleFunc("/sessions", s.openSession).Methods(http.MethodPost)
+	t.HandleFunc("/sessions", s.listSessions).Methods(http.MethodGet)
+	t.HandleFunc("/sessions/{id}", s.getSession).Methods(http.MethodGet)
+	t.HandleFunc("/sessions/{id}/close", s.closeSession).Methods(http.MethodPost)
+	t.HandleFunc("/sessions/{id}/connect", s.mintConnect).Methods(http.MethodPost)
+
+	t.HandleFunc("/services", s.admin(s.listServices)).Methods(http.MethodGet)
+	t.HandleFunc("/services/{name}", s.admin(s.putService)).Methods(http.MethodPut)
+	t.HandleFunc("/services/{name}", s.admin(s.getService)).Methods(http.MethodGet)
+	t.HandleFunc("/services/{name}", s.admin(s.deleteService)).Methods(http.MethodDelete)
+	t.HandleFunc("/sandboxes", s.admin(s.createSandbox)).Methods(http.MethodPost)
+	t.HandleFunc("/sandboxes", s.admin(s.listSandboxes)).Methods(http.MethodGet)
+	t.HandleFunc("/sandboxes/{id}", s.admin(s.getSandbox)).Methods(http.MethodGet)
+	t.HandleFunc("/sandboxes/{id}", s.admin(s.deleteSandbox)).Methods(http.MethodDelete)
+	t.HandleFunc("/audit", s.admin(s.listAudit)).Methods(http.MethodGet)
+
+	return s.withRequest(r)
+}
+
+// tenantRoutes registers routes under /v1/tenants/{tenant}.
+type tenantRoutes struct{ r *mux.Router }
+
+func (t tenantRoutes) HandleFunc(path string, h http.HandlerFunc) *mux.Route {
+	return t.r.HandleFunc("/v1/tenants/{tenant}"+path, h)
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		s.writeError(w, r, errDraining)
+		return
+	}
+	if s.ping != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.ping(ctx); err != nil {
+			s.writeError(w, r, errStoreDown(err))
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
