@@ -33,6 +33,8 @@ type ConnectClaims struct {
 	// whole second (JWT times are seconds), so the token never dies before
 	// the session; Verify returns that rounded value.
 	ExpiresAt time.Time
+	// Expired is set only by VerifyForLate, for a token past its exp.
+	Expired bool
 }
 
 // connectJWT is the wire form of ConnectClaims.
@@ -52,6 +54,9 @@ type ConnectKeys struct {
 	secrets   map[string][]byte
 	now       func() time.Time
 	parser    *jwt.Parser
+	// lateParser is parser without the exp check (its clock is the zero
+	// time), for VerifyForLate.
+	lateParser *jwt.Parser
 }
 
 // ConnectOption configures NewConnectKeys and the loaders.
@@ -112,6 +117,12 @@ func newConnectKeys(signingID string, secrets map[string][]byte, opts []ConnectO
 		jwt.WithExpirationRequired(),
 		jwt.WithTimeFunc(o.now),
 	)
+	k.lateParser = jwt.NewParser(
+		jwt.WithValidMethods(connectAlgs),
+		jwt.WithAudience(ConnectAudience),
+		jwt.WithExpirationRequired(),
+		jwt.WithTimeFunc(func() time.Time { return time.Time{} }),
+	)
 	return k, nil
 }
 
@@ -168,11 +179,15 @@ func (k *ConnectKeys) Sign(c ConnectClaims) (string, error) {
 // *problem.Error with code problem.Unauthenticated. Callers that know the
 // session and channel of the request use VerifyFor instead.
 func (k *ConnectKeys) Verify(token string) (*ConnectClaims, error) {
+	return k.verify(token, k.parser)
+}
+
+func (k *ConnectKeys) verify(token string, parser *jwt.Parser) (*ConnectClaims, error) {
 	if len(token) > maxTokenLen {
 		return nil, unauthenticated("connect token is too large", errTooLong)
 	}
 	var c connectJWT
-	tok, err := k.parser.ParseWithClaims(token, &c, k.key)
+	tok, err := parser.ParseWithClaims(token, &c, k.key)
 	if err != nil {
 		return nil, rejectParse("connect token", tok, err, connectAlgs, c.ExpiresAt != nil, len(c.Audience) > 0)
 	}
@@ -193,7 +208,25 @@ func (k *ConnectKeys) Verify(token string) (*ConnectClaims, error) {
 // token for another session or channel is problem.PermissionDenied (SPEC §5:
 // the token is scoped to one session and one channel).
 func (k *ConnectKeys) VerifyFor(token, sessionID, channel string) (*ConnectClaims, error) {
-	c, err := k.Verify(token)
+	return k.verifyFor(token, sessionID, channel, k.parser)
+}
+
+// VerifyForLate is VerifyFor for the connect endpoint: a token whose only
+// fault is a passed exp is returned with Expired set instead of refused.
+// A connect token dies with its session, so the endpoint can then answer
+// for the session (409 session_not_open) rather than with a bare 401;
+// the caller must refuse an Expired token whose session is still open.
+func (k *ConnectKeys) VerifyForLate(token, sessionID, channel string) (*ConnectClaims, error) {
+	c, err := k.verifyFor(token, sessionID, channel, k.lateParser)
+	if err != nil {
+		return nil, err
+	}
+	c.Expired = !k.now().Before(c.ExpiresAt)
+	return c, nil
+}
+
+func (k *ConnectKeys) verifyFor(token, sessionID, channel string, parser *jwt.Parser) (*ConnectClaims, error) {
+	c, err := k.verify(token, parser)
 	if err != nil {
 		return nil, err
 	}

@@ -430,3 +430,37 @@ func headerOf(t testing.TB, token string) map[string]any {
 	}
 	return h
 }
+
+// TestConnectVerifyForLate: a token past its exp still verifies through
+// VerifyForLate, marked Expired, while signature, scope and audience are
+// checked as ever.
+func TestConnectVerifyForLate(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	clock := func() time.Time { return now }
+	k, err := NewConnectKeys("k1", map[string][]byte{"k1": []byte("0123456789abcdef0123456789abcdef")}, WithConnectClock(clock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := k.Sign(ConnectClaims{SessionID: "ses_1", Tenant: "demo", Channel: "stdio", ExpiresAt: now.Add(-time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.VerifyFor(tok, "ses_1", "stdio"); err == nil {
+		t.Fatal("VerifyFor accepted an expired token")
+	}
+	c, err := k.VerifyForLate(tok, "ses_1", "stdio")
+	if err != nil || !c.Expired {
+		t.Fatalf("VerifyForLate: %+v %v", c, err)
+	}
+	if _, err := k.VerifyForLate(tok, "ses_2", "stdio"); err == nil {
+		t.Fatal("VerifyForLate accepted another session")
+	}
+	if _, err := k.VerifyForLate(tok[:len(tok)-2]+"xx", "ses_1", "stdio"); err == nil {
+		t.Fatal("VerifyForLate accepted a tampered token")
+	}
+	fresh, _ := k.Sign(ConnectClaims{SessionID: "ses_1", Tenant: "demo", Channel: "stdio", ExpiresAt: now.Add(time.Minute)})
+	if c, err := k.VerifyForLate(fresh, "ses_1", "stdio"); err != nil || c.Expired {
+		t.Fatalf("fresh token: %+v %v", c, err)
+	}
+}

@@ -1,0 +1,21 @@
+# Multi-stage build: the same `go build` the README's commands use, then a
+# small runtime with a shell (the demo sandbox workload is /bin/sh).
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -o /out/gateway ./cmd/gateway
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --home /var/lib/nimbus --create-home nimbus
+COPY --from=build /out/gateway /usr/local/bin/gateway
+USER nimbus
+WORKDIR /var/lib/nimbus
+ENV NIMBUS_DATA_DIR=/var/lib/nimbus/data
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/gateway"]
+CMD ["serve"]

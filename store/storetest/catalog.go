@@ -1,0 +1,156 @@
+package storetest
+
+import (
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/nimbus/gateway/problem"
+	"github.com/nimbus/gateway/targets"
+)
+
+func testServices(t *testing.T, st Stores) {
+	ctx := t.Context()
+	c := st.Catalog
+	before := time.Now().Add(-time.Second)
+	svc := targets.Service{TenantID: "demo", Name: "worker", Kind: targets.KindSandbox, Sandbox: "sbx-1"}
+	put := func(s targets.Service, wantGen int64, wantChanged bool) targets.Service {
+		t.Helper()
+		saved, changed, err := c.PutService(ctx, s)
+		if err != nil {
+			t.Fatalf("PutService(%+v): %v", s, err)
+		}
+		if saved.Generation != wantGen || changed != wantChanged || !s.SameDefinition(saved) ||
+			saved.TenantID != s.TenantID || saved.Name != s.Name {
+			t.Fatalf("PutService(%+v) = %+v, changed %v; want generation %d, changed %v", s, saved, changed, wantGen, wantChanged)
+		}
+		if saved.UpdatedAt.Before(before) || saved.UpdatedAt.After(time.Now().Add(time.Second)) {
+			t.Errorf("UpdatedAt = %v, not the time of the write", saved.UpdatedAt)
+		}
+		got, err := c.GetService(ctx, s.TenantID, s.Name)
+		if err != nil || !reflect.DeepEqual(got, saved) {
+			t.Fatalf("GetService = %+v, %v; want %+v", got, err, saved)
+		}
+		return saved
+	}
+	first := put(svc, 1, true)
+	// The same definition again keeps generation and UpdatedAt, even with
+	// stale server-assigned fields in the request.
+	same := svc
+	same.Generation, same.UpdatedAt = 99, time.Unix(1, 0)
+	if again := put(same, 1, false); again != first {
+		t.Errorf("unchanged PutService returned %+v, want the stored %+v", again, first)
+	}
+	svc.Sandbox = "sbx-2"
+	put(svc, 2, true)
+	svc.Dynamic = true
+	put(svc, 3, true)
+	put(targets.Service{TenantID: "demo", Name: "api", Kind: targets.KindExternal, URL: "http://api"}, 1, true)
+	put(targets.Service{TenantID: "other", Name: "zz", Kind: targets.KindBuiltin}, 1, true)
+
+	list, err := c.ListServices(ctx, "demo")
+	if err != nil || len(list) != 2 || list[0].Name != "api" || list[1].Name != "worker" || list[1].Generation != 3 {
+		t.Fatalf("ListServices = %+v, %v", list, err)
+	}
+	if list, err := c.ListServices(ctx, "nobody"); err != nil || len(list) != 0 {
+		t.Errorf("ListServices(nobody) = %+v, %v", list, err)
+	}
+
+	if err := c.DeleteService(ctx, "demo", "worker"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.GetService(ctx, "demo", "worker")
+	wantCode(t, err, problem.NotFound)
+	wantCode(t, c.DeleteService(ctx, "demo", "worker"), problem.NotFound)
+	wantCode(t, c.DeleteService(ctx, "demo", "zz"), problem.NotFound) // other tenant's
+	_, err = c.GetService(ctx, "demo", "zz")
+	wantCode(t, err, problem.NotFound)
+}
+
+func testSandboxes(t *testing.T, st Stores) {
+	ctx := t.Context()
+	c := st.Catalog
+	sb := targets.Sandbox{
+		TenantID: "demo", ID: "sbx-1", State: targets.Pending,
+		Command: []string{"/bin/sh", "-c", "echo hi"}, TTY: true, Env: []string{"A=1", "B=2"}, Root: "/data/sbx-1",
+	}
+	created, err := c.CreateSandbox(ctx, sb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created.Generation != 1 || created.UpdatedAt.IsZero() {
+		t.Fatalf("CreateSandbox = %+v; want generation 1 and UpdatedAt set", created)
+	}
+	want := sb
+	want.Generation, want.UpdatedAt = 1, created.UpdatedAt
+	if !reflect.DeepEqual(created, want) {
+		t.Errorf("CreateSandbox = %+v, want %+v", created, want)
+	}
+	if got, err := c.GetSandbox(ctx, "demo", "sbx-1"); err != nil || !reflect.DeepEqual(got, created) {
+		t.Errorf("GetSandbox = %+v, %v; want %+v", got, err, created)
+	}
+
+	// Not stopped: a duplicate, in every live state.
+	for _, state := range []targets.SandboxState{targets.Pending, targets.Ready, targets.Failed} {
+		if state != targets.Pending {
+			if _, err := c.SetSandboxState(ctx, "demo", "sbx-1", state, "boom"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err := c.CreateSandbox(ctx, sb)
+		wantCode(t, err, problem.AlreadyExists)
+	}
+
+	got, err := c.SetSandboxState(ctx, "demo", "sbx-1", targets.Failed, "exec: not found")
+	if err != nil || got.State != targets.Failed || got.Error != "exec: not found" || got.Generation != 1 {
+		t.Fatalf("SetSandboxState(failed) = %+v, %v", got, err)
+	}
+	if got.UpdatedAt.Before(created.UpdatedAt) {
+		t.Errorf("UpdatedAt went back: %v < %v", got.UpdatedAt, created.UpdatedAt)
+	}
+	time.Sleep(2 * time.Millisecond) // UpdatedAt has ms precision
+	got, err = c.SetSandboxState(ctx, "demo", "sbx-1", targets.Stopped, "ignored")
+	if err != nil || got.State != targets.Stopped || got.Error != "" || !got.UpdatedAt.After(created.UpdatedAt) {
+		t.Fatalf("SetSandboxState(stopped) = %+v, %v; want stopped, no error, a later UpdatedAt", got, err)
+	}
+	if read, _ := c.GetSandbox(ctx, "demo", "sbx-1"); !reflect.DeepEqual(read, got) {
+		t.Errorf("GetSandbox = %+v, SetSandboxState returned %+v", read, got)
+	}
+
+	// Stopped: re-created at generation+1 with the new definition.
+	sb2 := targets.Sandbox{TenantID: "demo", ID: "sbx-1", State: targets.Pending, Command: []string{"sleep", "1"}}
+	re, err := c.CreateSandbox(ctx, sb2)
+	if err != nil {
+		t.Fatalf("CreateSandbox over a stopped one: %v", err)
+	}
+	if re.Generation != 2 || re.TTY || re.Error != "" || !reflect.DeepEqual(re.Command, sb2.Command) || re.Env != nil {
+		t.Errorf("re-created = %+v", re)
+	}
+	if read, _ := c.GetSandbox(ctx, "demo", "sbx-1"); !reflect.DeepEqual(read, re) {
+		t.Errorf("GetSandbox = %+v, CreateSandbox returned %+v", read, re)
+	}
+
+	_, err = c.GetSandbox(ctx, "demo", "sbx-missing")
+	wantCode(t, err, problem.NotFound)
+	_, err = c.SetSandboxState(ctx, "demo", "sbx-missing", targets.Ready, "")
+	wantCode(t, err, problem.NotFound)
+
+	for _, s := range []targets.Sandbox{
+		{TenantID: "demo", ID: "sbx-0", State: targets.Ready, Command: []string{"a"}},
+		{TenantID: "acme", ID: "sbx-9", State: targets.Ready, Command: []string{"b"}},
+	} {
+		if _, err := c.CreateSandbox(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := c.ListSandboxes(ctx, "demo")
+	if err != nil || len(list) != 2 || list[0].ID != "sbx-0" || list[1].ID != "sbx-1" {
+		t.Errorf("ListSandboxes(demo) = %+v, %v", list, err)
+	}
+	all, err := c.ListSandboxes(ctx, "")
+	if err != nil || len(all) != 3 {
+		t.Errorf("ListSandboxes(\"\") = %+v, %v; want every tenant's 3", all, err)
+	}
+	_, err = c.GetSandbox(ctx, "acme", "sbx-1")
+	wantCode(t, err, problem.NotFound)
+}

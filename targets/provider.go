@@ -1,0 +1,313 @@
+package targets
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// The local provider runs a sandbox's workload as a child process of the
+// gateway, in the sandbox root.
+const (
+	// readSize is the output readers' buffer: large reads keep the
+	// per-chunk cost (one allocation, one copy, one fan-out) small next
+	// to the bytes moved.
+	readSize = 64 << 10
+	// pipeSize is the kernel buffer asked for on output pipes.
+	pipeSize = 1 << 20
+	// defaultDrain bounds how long the readers keep draining after the
+	// process was reaped. Output normally ends at once (the exit sweep
+	// kills whatever else held the pipes or the PTY); a process that
+	// escaped into a session of its own could hold them open forever.
+	defaultDrain = time.Second
+	// defaultPath is the workload's PATH unless its env sets one.
+	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
+
+// defaultWinsize is a new PTY's size until the first Resize.
+var defaultWinsize = pty.Winsize{Cols: 80, Rows: 24}
+
+// workloadConfig tunes startWorkload; zero fields take the defaults.
+type workloadConfig struct {
+	ringSize int           // replay ring, default 64 KiB
+	drain    time.Duration // default defaultDrain
+	log      *zap.Logger   // nil = nop
+}
+
+// startWorkload starts sb.Command in sb.Root and returns once the process
+// runs (or failed to start: command not found, not executable, root
+// missing). The process gets a minimal environment (PATH, HOME = the root,
+// LANG, TERM for a PTY) plus sb.Env, later entries winning; its own process
+// group (pipes) or session with the PTY as controlling terminal (tty); and
+// SIGKILL as parent-death signal, so it dies with the gateway, even one
+// that is SIGKILLed.
+func startWorkload(sb Sandbox, cfg workloadConfig) (*Workload, error) {
+	if len(sb.Command) == 0 || sb.Command[0] == "" {
+		return nil, errors.New("no command")
+	}
+	if cfg.ringSize == 0 {
+		cfg.ringSize = defaultRingSize
+	}
+	if cfg.drain <= 0 {
+		cfg.drain = defaultDrain
+	}
+	if cfg.log == nil {
+		cfg.log = zap.NewNop()
+	}
+	env := workloadEnv(sb)
+	path, err := lookPath(sb.Command[0], env, sb.Root)
+	if err != nil {
+		return nil, err
+	}
+	cmd := &exec.Cmd{
+		Path:        path,
+		Args:        sb.Command,
+		Env:         env,
+		Dir:         sb.Root,
+		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+	}
+	w := &Workload{tty: sb.TTY, drain: cfg.drain, log: cfg.log, done: make(chan struct{})}
+	w.hub.ring.size = cfg.ringSize
+	started := make(chan error, 1)
+	go w.run(cmd, started)
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// run starts cmd, then waits for it, on a goroutine locked to its OS thread
+// for the child's whole life. Pdeathsig fires when the *thread* that forked
+// the child exits, not the process (Go issue 27505): started from an
+// ordinary goroutine, the child would be SIGKILLed whenever the runtime
+// retires that thread, e.g. after some other goroutine exits while locked
+// to it. A locked thread runs nothing else, so it lives exactly as long as
+// this goroutine, which ends only after the child was reaped. The cost is
+// one OS thread per workload, which the blocking wait would take anyway.
+func (w *Workload) run(cmd *exec.Cmd, started chan<- error) {
+	runtime.LockOSThread()
+	if err := w.start(cmd); err != nil {
+		runtime.UnlockOSThread()
+		started <- err
+		return
+	}
+	w.readers.Add(len(w.outs))
+	for i, f := range w.outs {
+		go w.read(f, Stdout+byte(i))
+	}
+	started <- nil
+
+	// Learn of the exit without reaping (WNOWAIT): while the zombie holds
+	// the pid, its process group and session ids cannot be reused, so the
+	// sweep below cannot hit a stranger.
+	if err := waitExited(w.pid); err != nil {
+		w.log.Warn("waitid failed", zap.Int("pid", w.pid), zap.Error(err))
+	}
+	w.mu.Lock()
+	w.exited = true
+	// Sweep what the process left behind: background children would
+	// otherwise outlive the sandbox and hold its output open (a PTY's
+	// reader sees EIO only once every holder of the slave is gone).
+	w.killAllLocked(syscall.SIGKILL)
+	w.mu.Unlock()
+	waitErr := cmd.Wait()
+	runtime.UnlockOSThread() // reaped: the parent-death signal is moot
+	st := exitStatus(cmd.ProcessState)
+	if cmd.ProcessState == nil {
+		w.log.Warn("wait failed", zap.Int("pid", w.pid), zap.Error(waitErr))
+	}
+
+	if !w.tty {
+		_ = w.closeStdin() // writers get an error now, not a blocked pipe
+	}
+	deadline := time.Now().Add(w.drain)
+	for _, f := range w.outs {
+		_ = f.SetReadDeadline(deadline)
+	}
+	w.readers.Wait()
+	for _, f := range w.outs {
+		_ = f.Close() // for a PTY this is also stdin
+	}
+	w.mu.Lock()
+	w.exit = st
+	w.mu.Unlock()
+	w.hub.finish()
+	close(w.done)
+}
+
+// start starts cmd on pipes or a PTY and sets pid, stdin and outs.
+func (w *Workload) start(cmd *exec.Cmd) error {
+	if w.tty {
+		// StartWithSize adds Setsid and Setctty to our SysProcAttr.
+		ws := defaultWinsize
+		master, err := pty.StartWithSize(cmd, &ws)
+		if err != nil {
+			return err
+		}
+		w.pid, w.stdin, w.outs = cmd.Process.Pid, master, []*os.File{master}
+		return nil
+	}
+	cmd.SysProcAttr.Setpgid = true // signals go to the group: the workload and its children
+	var files [6]*os.File          // inR, inW, outR, outW, errR, errW
+	for i := 0; i < len(files); i += 2 {
+		r, wr, err := os.Pipe()
+		if err != nil {
+			closeAll(files[:i])
+			return err
+		}
+		files[i], files[i+1] = r, wr
+	}
+	growPipe(files[2])
+	growPipe(files[4])
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = files[0], files[3], files[5]
+	err := cmd.Start()
+	closeAll([]*os.File{files[0], files[3], files[5]}) // the child's ends
+	if err != nil {
+		closeAll([]*os.File{files[1], files[2], files[4]})
+		return err
+	}
+	w.pid, w.stdin, w.outs = cmd.Process.Pid, files[1], []*os.File{files[2], files[4]}
+	return nil
+}
+
+// growPipe asks for a pipeSize buffer on an output pipe: with the default
+// 64 KiB a fast writer blocks, and both sides context-switch, every 64 KiB.
+// Best effort: the limit is /proc/sys/fs/pipe-max-size.
+func growPipe(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+	}
+}
+
+// read copies one output stream into the hub until EOF. It never waits for
+// subscribers. Each read is copied once into a chunk of its exact size,
+// which the ring and every subscriber then share.
+func (w *Workload) read(f *os.File, stream byte) {
+	defer w.readers.Done()
+	buf := make([]byte, readSize)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			w.hub.publish(Chunk{Stream: stream, Data: bytes.Clone(buf[:n])})
+		}
+		if err != nil {
+			// EOF on a pipe; EIO on a PTY master once the slave side is
+			// gone; the drain deadline when something still holds it.
+			if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.EIO) && !errors.Is(err, os.ErrDeadlineExceeded) {
+				w.log.Warn("workload output read failed", zap.Int("pid", w.pid), zap.Error(err))
+			}
+			return
+		}
+	}
+}
+
+// waitExited blocks until process pid has exited, leaving it unreaped.
+func waitExited(pid int) error {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+func exitStatus(ps *os.ProcessState) ExitStatus {
+	if ps == nil {
+		return ExitStatus{Code: -1}
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return ExitStatus{Code: 128 + int(ws.Signal()), Signal: unix.SignalName(ws.Signal())}
+	}
+	return ExitStatus{Code: ps.ExitCode()}
+}
+
+// workloadEnv is the minimal environment of sb's process: the gateway's own
+// environment (credentials included) is never inherited.
+func workloadEnv(sb Sandbox) []string {
+	env := []string{"PATH=" + defaultPath, "HOME=" + sb.Root, "LANG=C.UTF-8"}
+	if sb.TTY {
+		env = append(env, "TERM=xterm-256color")
+	}
+	// exec.Cmd keeps the last of duplicate keys, so sb.Env overrides.
+	return append(env, sb.Env...)
+}
+
+// lookPath resolves name against the PATH of env (the workload's, not the
+// gateway's); relative PATH entries are relative to the root.
+func lookPath(name string, env []string, root string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil // execve checks it, relative to Dir
+	}
+	path := ""
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			path = v
+		}
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "."
+		}
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(root, dir)
+		}
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: %w", name, exec.ErrNotFound)
+}
+
+// sessionMembers lists, from /proc, the processes of session sid other than
+// its leader.
+func sessionMembers(sid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	want := strconv.Itoa(sid)
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == sid {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// "pid (comm) state ppid pgrp session …"; comm may hold anything,
+		// so parse after its last ')'.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		if f := strings.Fields(string(b[i+1:])); len(f) > 3 && f[3] == want {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+}

@@ -1,0 +1,27 @@
+package targets
+
+import "context"
+
+// Store persists the catalog. Errors are *problem.Error: NotFound for an
+// unknown service or sandbox, AlreadyExists for a duplicate sandbox id,
+// Unavailable when the store cannot write. Safe for concurrent use.
+type Store interface {
+	// PutService creates or replaces a service definition. It assigns the
+	// generation: 1 when new, the old one plus one when the definition
+	// changed, the old one when it did not (changed reports which).
+	PutService(ctx context.Context, s Service) (saved Service, changed bool, err error)
+	GetService(ctx context.Context, tenantID, name string) (Service, error)
+	// ListServices returns the tenant's services by name.
+	ListServices(ctx context.Context, tenantID string) ([]Service, error)
+	DeleteService(ctx context.Context, tenantID, name string) error
+
+	// CreateSandbox stores a new sandbox at generation 1 (or replaces a
+	// stopped one, at its generation plus one); AlreadyExists otherwise.
+	CreateSandbox(ctx context.Context, sb Sandbox) (Sandbox, error)
+	// SetSandboxState records a state change and, for failed, why.
+	SetSandboxState(ctx context.Context, tenantID, id string, state SandboxState, reason string) (Sandbox, error)
+	GetSandbox(ctx context.Context, tenantID, id string) (Sandbox, error)
+	// ListSandboxes returns the tenant's sandboxes by id; tenantID "" lists
+	// every tenant's (used to restart workloads at start).
+	ListSandboxes(ctx context.Context, tenantID string) ([]Sandbox, error)
+}
