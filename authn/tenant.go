@@ -1,6 +1,7 @@
 package authn
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -42,6 +43,7 @@ type Verifier struct {
 	byID   map[string]verifyKey
 	// byKind holds, per key family, the keys tried when a token has no kid.
 	byKind map[keyKind][]jwt.VerificationKey
+	cache  *tokenCache
 }
 
 // verifyKey is a configured key with its family resolved once.
@@ -109,6 +111,7 @@ func NewVerifier(keys []Key, opts ...VerifierOption) (*Verifier, error) {
 		v.byID[k.ID] = verifyKey{kind: kind, material: material}
 		v.byKind[kind] = append(v.byKind[kind], material)
 	}
+	v.cache = newTokenCache(defaultCacheSize, o.leeway, o.now)
 	v.parser = jwt.NewParser(
 		jwt.WithValidMethods(tenantAlgs),
 		jwt.WithAudience(TenantAudience),
@@ -131,6 +134,10 @@ func (v *Verifier) Verify(token string) (*Principal, error) {
 	if len(token) > maxTokenLen {
 		return nil, unauthenticated("token is too large", errTooLong)
 	}
+	key := sha256.Sum256([]byte(token))
+	if p, ok := v.cache.get(key); ok {
+		return p, nil
+	}
 	var c TenantClaims
 	tok, err := v.parser.ParseWithClaims(token, &c, v.key)
 	if err != nil {
@@ -142,14 +149,16 @@ func (v *Verifier) Verify(token string) (*Principal, error) {
 	if c.Tenant == "" {
 		return nil, unauthenticated("token has no tenant", errors.New("tid claim is empty"))
 	}
-	return &Principal{
+	p := &Principal{
 		Subject:   c.Subject,
 		Tenant:    c.Tenant,
 		Services:  c.Grants.Services,
 		Sandboxes: c.Grants.Sandboxes,
 		Admin:     c.Admin,
 		ExpiresAt: c.ExpiresAt.Time,
-	}, nil
+	}
+	v.cache.put(key, p)
+	return p, nil
 }
 
 // key is the jwt.Keyfunc of Verify. The parser has already rejected any alg

@@ -254,3 +254,37 @@ func TestVerifyConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestVerifyCacheHonoursExpiry: a token served from the cache stops
+// verifying when it expires, exactly as an uncached one does.
+func TestVerifyCacheHonoursExpiry(t *testing.T) {
+	t.Parallel()
+	priv := ed25519NewKey(t)
+	now := time.Now()
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	v, err := NewVerifier([]Key{DevKey(priv)}, WithClock(clock), WithLeeway(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := Mint(priv, DevKeyID, MintRequest{Tenant: "demo", Subject: "a", TTL: time.Minute, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ { // second round is a cache hit
+		p, err := v.Verify(tok)
+		if err != nil || p.Subject != "a" {
+			t.Fatalf("round %d: %+v %v", i, p, err)
+		}
+		p.Subject = "mutated" // callers cannot poison the cache
+	}
+	if p, _ := v.Verify(tok); p.Subject != "a" {
+		t.Fatal("cached principal was mutated by a caller")
+	}
+	mu.Lock()
+	now = now.Add(time.Minute + time.Second)
+	mu.Unlock()
+	if _, err := v.Verify(tok); err == nil {
+		t.Fatal("an expired token verified from the cache")
+	}
+}

@@ -46,7 +46,7 @@ func (s *SQLite) ListAudit(ctx context.Context, q lease.AuditQuery) ([]lease.Eve
 	}
 	size := lease.PageSize(q.PageSize)
 	args = append(args, size+1)
-	rows, err := s.read.QueryContext(ctx, `SELECT id, time, tenant_id, principal, action, outcome,
+	rows, err := s.query(ctx, `SELECT id, time, tenant_id, principal, action, outcome,
 		session_id, target, code, request_id, remote_addr
 		FROM audit WHERE `+where.String()+` ORDER BY time DESC, id DESC LIMIT ?`, args...)
 	if err != nil {

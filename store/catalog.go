@@ -28,7 +28,13 @@ func (s *SQLite) PutService(ctx context.Context, svc targets.Service) (targets.S
 			WHERE tenant_id = ? AND name = ?`, svc.TenantID, svc.Name))
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
-			svc.Generation = 1
+			var last int64
+			err := tx.QueryRowContext(ctx, `SELECT generation FROM service_tombstones WHERE tenant_id = ? AND name = ?`,
+				svc.TenantID, svc.Name).Scan(&last)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return storeErr(err, "read service tombstone "+svc.Name)
+			}
+			svc.Generation = last + 1
 		case err != nil:
 			return storeErr(err, "read service "+svc.Name)
 		case old.SameDefinition(svc):
@@ -59,7 +65,7 @@ func (s *SQLite) GetService(ctx context.Context, tenantID, name string) (targets
 	if s.closed() {
 		return targets.Service{}, errClosed()
 	}
-	svc, err := scanService(s.read.QueryRowContext(ctx, `SELECT `+serviceColumns+` FROM services
+	svc, err := scanService(s.queryRow(ctx, `SELECT `+serviceColumns+` FROM services
 		WHERE tenant_id = ? AND name = ?`, tenantID, name))
 	if errors.Is(err, sql.ErrNoRows) {
 		return targets.Service{}, problem.New(problem.NotFound, "service %s not found", name)
@@ -75,7 +81,7 @@ func (s *SQLite) ListServices(ctx context.Context, tenantID string) ([]targets.S
 	if s.closed() {
 		return nil, errClosed()
 	}
-	rows, err := s.read.QueryContext(ctx, `SELECT `+serviceColumns+` FROM services
+	rows, err := s.query(ctx, `SELECT `+serviceColumns+` FROM services
 		WHERE tenant_id = ? ORDER BY name`, tenantID)
 	if err != nil {
 		return nil, storeErr(err, "list services")
@@ -95,6 +101,11 @@ func (s *SQLite) ListServices(ctx context.Context, tenantID string) ([]targets.S
 // DeleteService implements targets.Store.
 func (s *SQLite) DeleteService(ctx context.Context, tenantID, name string) error {
 	return s.exec(ctx, func(ctx context.Context, tx *wtx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO service_tombstones (tenant_id, name, generation)
+			SELECT tenant_id, name, generation FROM services WHERE tenant_id = ? AND name = ?
+			ON CONFLICT (tenant_id, name) DO UPDATE SET generation = excluded.generation`, tenantID, name); err != nil {
+			return storeErr(err, "delete service "+name)
+		}
 		res, err := tx.ExecContext(ctx, `DELETE FROM services WHERE tenant_id = ? AND name = ?`, tenantID, name)
 		if err != nil {
 			return storeErr(err, "delete service "+name)
@@ -184,7 +195,7 @@ func (s *SQLite) GetSandbox(ctx context.Context, tenantID, id string) (targets.S
 	if s.closed() {
 		return targets.Sandbox{}, errClosed()
 	}
-	sb, err := scanSandbox(s.read.QueryRowContext(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
+	sb, err := scanSandbox(s.queryRow(ctx, `SELECT `+sandboxColumns+` FROM sandboxes
 		WHERE tenant_id = ? AND id = ?`, tenantID, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return targets.Sandbox{}, sandboxNotFound(id)
@@ -206,7 +217,7 @@ func (s *SQLite) ListSandboxes(ctx context.Context, tenantID string) ([]targets.
 	if tenantID == "" {
 		query, args = `SELECT `+sandboxColumns+` FROM sandboxes ORDER BY tenant_id, id`, nil
 	}
-	rows, err := s.read.QueryContext(ctx, query, args...)
+	rows, err := s.query(ctx, query, args...)
 	if err != nil {
 		return nil, storeErr(err, "list sandboxes")
 	}

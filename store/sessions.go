@@ -99,7 +99,7 @@ func (s *SQLite) GetSession(ctx context.Context, tenantID, id string) (*lease.Se
 	if s.closed() {
 		return nil, errClosed()
 	}
-	row := s.read.QueryRowContext(ctx, qSelectSession, id, tenantID)
+	row := s.queryRow(ctx, qSelectSession, id, tenantID)
 	sess, err := scanSession(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, sessionNotFound(id)
@@ -140,7 +140,7 @@ func (s *SQLite) ListSessions(ctx context.Context, q lease.ListQuery) ([]*lease.
 	}
 	size := lease.PageSize(q.PageSize)
 	args = append(args, size+1) // one more tells whether a next page exists
-	rows, err := s.read.QueryContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE `+where.String()+`
+	rows, err := s.query(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE `+where.String()+`
 		ORDER BY created_at DESC, id DESC LIMIT ?`, args...)
 	if err != nil {
 		return nil, nil, storeErr(err, "list sessions")
@@ -236,7 +236,7 @@ func (s *SQLite) DueSessions(ctx context.Context, limit int) ([]*lease.Session, 
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := s.read.QueryContext(ctx, `SELECT `+sessionColumns+` FROM sessions
+	rows, err := s.query(ctx, `SELECT `+sessionColumns+` FROM sessions
 		WHERE state = 'open' ORDER BY expires_at, id LIMIT ?`, limit)
 	if err != nil {
 		return nil, storeErr(err, "due sessions")
@@ -259,7 +259,7 @@ func (s *SQLite) CountOpen(ctx context.Context, tenantID string, now time.Time) 
 		return 0, errClosed()
 	}
 	var n int
-	err := s.read.QueryRowContext(ctx, `SELECT COUNT(*) FROM sessions
+	err := s.queryRow(ctx, `SELECT COUNT(*) FROM sessions
 		WHERE tenant_id = ? AND state = 'open' AND expires_at > ?`, tenantID, ms(now)).Scan(&n)
 	return n, storeErr(err, "count open sessions")
 }

@@ -38,6 +38,7 @@ type SQLite struct {
 	// Static after construction.
 	write *sql.DB // exactly one connection, owned by run
 	read  *sql.DB // query_only pool
+	reads readStmts
 	now   func() time.Time
 	stmts map[string]*sql.Stmt // prepared on write; see writeQueries
 	ops   chan *writeOp
@@ -146,6 +147,7 @@ func (s *SQLite) Close() error {
 		}
 		// The writer's connection closes last: as the last connection to
 		// the file it checkpoints the whole WAL and removes it.
+		s.reads.close()
 		errs = append(errs, s.ckpt.Close(), s.read.Close(), s.write.Close())
 		s.closeErr = errors.Join(errs...)
 	})
@@ -275,6 +277,18 @@ CREATE TABLE sandboxes (
 	error      TEXT    NOT NULL DEFAULT '',
 	updated_at INTEGER NOT NULL,
 	PRIMARY KEY (tenant_id, id)
+);
+`,
+	// 2: the last generation of deleted services, so a re-created service
+	// continues its generations instead of starting again at 1. Otherwise an
+	// open authorized against the old definition would pass its generation
+	// precondition against the new one.
+	`
+CREATE TABLE service_tombstones (
+	tenant_id  TEXT    NOT NULL,
+	name       TEXT    NOT NULL,
+	generation INTEGER NOT NULL,
+	PRIMARY KEY (tenant_id, name)
 );
 `,
 }

@@ -8,7 +8,9 @@ import "context"
 type Store interface {
 	// PutService creates or replaces a service definition. It assigns the
 	// generation: 1 when new, the old one plus one when the definition
-	// changed, the old one when it did not (changed reports which).
+	// changed, the old one when it did not (changed reports which). A
+	// service re-created after a delete continues from the deleted one's
+	// generation, so a generation never names two definitions.
 	PutService(ctx context.Context, s Service) (saved Service, changed bool, err error)
 	GetService(ctx context.Context, tenantID, name string) (Service, error)
 	// ListServices returns the tenant's services by name.

@@ -65,6 +65,20 @@ func testServices(t *testing.T, st Stores) {
 	wantCode(t, c.DeleteService(ctx, "demo", "zz"), problem.NotFound) // other tenant's
 	_, err = c.GetService(ctx, "demo", "zz")
 	wantCode(t, err, problem.NotFound)
+
+	// A re-created service continues the deleted one's generations, so a
+	// precondition taken on the old definition cannot pass on the new.
+	phoenix, _, err := c.PutService(ctx, targets.Service{TenantID: "demo", Name: "phoenix", Kind: targets.KindBuiltin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteService(ctx, "demo", "phoenix"); err != nil {
+		t.Fatal(err)
+	}
+	after, _, err := c.PutService(ctx, targets.Service{TenantID: "demo", Name: "phoenix", Kind: targets.KindBuiltin})
+	if err != nil || after.Generation != phoenix.Generation+1 {
+		t.Errorf("re-created service: generation %d (was %d), %v", after.Generation, phoenix.Generation, err)
+	}
 }
 
 func testSandboxes(t *testing.T, st Stores) {
