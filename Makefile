@@ -1,20 +1,28 @@
 # The README's two commands are `go run ./cmd/gateway` and `make test`.
 GO ?= go
 PKGS := ./...
+# Node suites: each directory's `npm test` (after `npm ci`, which .ci/run does).
+NODE_SUITES := $(wildcard sdk/typescript/package.json e2e/browser/package.json)
 
-.PHONY: test check vet race build bench fuzz docker
+.PHONY: test check vet race node build bench fuzz docker
 
-## test: everything CI runs: formatting, vet, and the race-enabled test suite.
-test: check vet race
+## test: everything CI runs: formatting, vet, the race-enabled Go tests, the Node suites.
+test: check vet race node
 
 check:
-	@out=$$(gofmt -l . 2>&1); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './node_modules/*')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
 vet:
 	$(GO) vet $(PKGS)
 
 race:
-	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+node:
+	@for f in $(NODE_SUITES); do d=$$(dirname $$f); echo "== npm test in $$d"; \
+	  if [ ! -d $$d/node_modules ]; then (cd $$d && npm ci --no-audit --no-fund) || exit 1; fi; \
+	  (cd $$d && npm test) || exit 1; done
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/gateway ./cmd/gateway
@@ -23,6 +31,7 @@ build:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3000x -count 1 ./proxy/
 	$(GO) test -run '^$$' -bench . -count 1 ./store/ ./authn/
+	$(GO) test -run '^TestExpiryDisconnects200$$' -count 1 -v ./proxy/ | grep -E 'lag|ok'
 
 ## fuzz: each fuzz target for FUZZTIME (default 60s).
 FUZZTIME ?= 60s

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -76,7 +77,7 @@ func (c *clock) Advance(d time.Duration) {
 // env is one gateway under test, on a real socket with a real SQLite store
 // and real sandbox workloads.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	URL     string
 	srv     *proxy.Server
@@ -89,19 +90,28 @@ type env struct {
 }
 
 type envOptions struct {
+	mutate    func(*proxy.Options) // last word on the server's options
 	maxOpen   int
 	ttl       lease.TTLPolicy
 	noExpirer bool
 	dir       string
+	quiet     bool // log at warn and above only
 }
 
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
+	// Goroutines alive now are not this test's; every other one must be
+	// gone once the env is torn down.
+	ignore := goleak.IgnoreCurrent()
 	e := &env{t: t, dir: o.dir, clock: &clock{}, logs: &syncBuffer{}}
 	if e.dir == "" {
 		e.dir = t.TempDir()
 	}
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(e.logs), zap.DebugLevel))
+	level := zap.DebugLevel
+	if o.quiet {
+		level = zap.WarnLevel
+	}
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(e.logs), level))
 	db, err := store.OpenSQLite(e.dir + "/nimbus.db")
 	if err != nil {
 		t.Fatal(err)
@@ -136,13 +146,17 @@ func newEnv(t *testing.T, o envOptions) *env {
 	var srv *proxy.Server
 	if !o.noExpirer {
 		e.expirer = lease.NewExpirer(db, lease.ExpirerOptions{Logger: log, OnExpire: func(s *lease.Session, at time.Time) {
-			srv.ExpiryObserved(s, at)
+			srv.SessionExpired(s, at)
 		}})
 	}
-	srv = proxy.New(proxy.Options{
+	po := proxy.Options{
 		Sessions: db, Catalog: e.catalog, Tenants: verifier, ConnectKeys: ck, Expirer: e.expirer, Ping: db.Ping,
 		TTL: o.ttl, MaxOpenPerTenant: o.maxOpen, Logger: log, Now: e.clock.Now,
-	})
+	}
+	if o.mutate != nil {
+		o.mutate(&po)
+	}
+	srv = proxy.New(po)
 	e.srv = srv
 	hs := httptest.NewServer(srv)
 	e.URL = hs.URL
@@ -154,10 +168,20 @@ func newEnv(t *testing.T, o envOptions) *env {
 		stopExpirer = func() { cancel(); <-done }
 	}
 	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			t.Errorf("connections still open at teardown: %v", err)
+		}
 		hs.Close()
 		stopExpirer()
 		e.catalog.Close()
 		_ = db.Close()
+		http.DefaultClient.CloseIdleConnections()
+		// Find retries for a while, so goroutines on their way out pass.
+		if err := goleak.Find(ignore); err != nil {
+			t.Errorf("goroutines leaked: %v", err)
+		}
 	})
 	return e
 }
@@ -189,7 +213,7 @@ type response struct {
 	Body   []byte
 }
 
-func (r response) JSON(t *testing.T) map[string]any {
+func (r response) JSON(t testing.TB) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(r.Body, &m); err != nil {
@@ -199,7 +223,7 @@ func (r response) JSON(t *testing.T) map[string]any {
 }
 
 // code is the problem+json code of the answer ("" for a success).
-func (r response) Code(t *testing.T) string {
+func (r response) Code(t testing.TB) string {
 	t.Helper()
 	if r.Status < 300 {
 		return ""
@@ -306,9 +330,14 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// newBenchEnv is newEnv without the per-tenant limit and logs.
+func newBenchEnv(b *testing.B) *env {
+	return newEnv(b, envOptions{maxOpen: 1 << 30, quiet: true})
 }

@@ -10,6 +10,11 @@ type metrics struct {
 	closed      prometheus.Counter
 	openLatency prometheus.Histogram
 	expiryLag   prometheus.Histogram
+
+	conns               *prometheus.GaugeVec
+	bytes               *prometheus.CounterVec
+	disconnects         *prometheus.CounterVec
+	expiryDisconnectLag prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -35,6 +40,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
 	}
-	reg.MustRegister(m.requests, m.opened, m.openDenied, m.closed, m.openLatency, m.expiryLag)
+	m.conns = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nimbus_connections", Help: "Live WebSocket connections, by channel.",
+	}, []string{"channel"})
+	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nimbus_relayed_bytes_total", Help: "Bytes relayed, by channel and direction (in: to the target, out: to the client).",
+	}, []string{"channel", "dir"})
+	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nimbus_disconnects_total", Help: "Connections ended, by close code.",
+	}, []string{"code"})
+	m.expiryDisconnectLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "nimbus_expiry_disconnect_lag_seconds", Help: "Delay between a session's expiresAt and the 4408 close of one of its connections.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	})
+	reg.MustRegister(m.requests, m.opened, m.openDenied, m.closed, m.openLatency, m.expiryLag,
+		m.conns, m.bytes, m.disconnects, m.expiryDisconnectLag)
 	return m
 }

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nimbus/gateway/authn"
+	"github.com/nimbus/gateway/channels"
 	"github.com/nimbus/gateway/lease"
 	"github.com/nimbus/gateway/targets"
 )
@@ -38,6 +39,17 @@ type Options struct {
 	// MaxOpenPerTenant bounds the open sessions of one tenant; zero means
 	// 1000.
 	MaxOpenPerTenant int
+	// MaxConnsPerSession bounds the live connections of one session;
+	// zero means 32.
+	MaxConnsPerSession int
+	// PingInterval is how often idle clients are pinged; zero means 30 s,
+	// negative disables pings. PingTimeout is how long a pong may take;
+	// zero means 15 s.
+	PingInterval, PingTimeout time.Duration
+	// Stdio tunes the stdio channel's slow-consumer rule (SPEC §5.1):
+	// zero values mean a 1 MiB backlog and a 5 s grace.
+	Stdio channels.StdioOptions
+
 	// PublicURL is the base of minted connect URLs (e.g.
 	// "https://gw.example.com"); "" derives it from each request's Host.
 	PublicURL string
@@ -68,6 +80,12 @@ type Server struct {
 	now         func() time.Time
 	handler     http.Handler
 
+	conns        *registry
+	openCounts   *openCounts
+	pingInterval time.Duration
+	pingTimeout  time.Duration
+	stdio        channels.StdioOptions
+
 	// beforeCommit, when set by a test, runs between authorization and
 	// commit of an open (SPEC §4.1 step 8's window).
 	beforeCommit func()
@@ -81,6 +99,15 @@ func New(o Options) *Server {
 		sessions: o.Sessions, catalog: o.Catalog, tenants: o.Tenants, connectKeys: o.ConnectKeys,
 		expirer: o.Expirer, ping: o.Ping, ttl: o.TTL, maxOpen: o.MaxOpenPerTenant,
 		publicURL: o.PublicURL, log: o.Logger, registry: o.Registry, now: o.Now,
+	}
+	s.conns = newRegistry(o.MaxConnsPerSession)
+	s.openCounts = newOpenCounts(o.Sessions, time.Second)
+	s.pingInterval, s.pingTimeout, s.stdio = o.PingInterval, o.PingTimeout, o.Stdio
+	if s.pingInterval == 0 {
+		s.pingInterval = 30 * time.Second
+	}
+	if s.pingTimeout <= 0 {
+		s.pingTimeout = 15 * time.Second
 	}
 	if s.maxOpen <= 0 {
 		s.maxOpen = 1000
@@ -106,10 +133,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 // load balancers move traffic away (SIGTERM).
 func (s *Server) Drain() { s.draining.Store(true) }
 
-// ExpiryObserved feeds the expiry-lag metric: sess's expiry was recorded
-// at at. Wire it to lease.ExpirerOptions.OnExpire.
-func (s *Server) ExpiryObserved(sess *lease.Session, at time.Time) {
+// Shutdown drains, closes every live connection with 1001 and waits for
+// them to be gone or ctx to end. http.Server.Shutdown does not do this:
+// it does not track hijacked (upgraded) connections.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.Drain()
+	s.conns.closeAll(causeShutdown)
+	return s.conns.wait(ctx)
+}
+
+// SessionExpired is told that sess's expiry was recorded at at: it feeds
+// the expiry-lag metric and frees the session's browser, if any. Wire it
+// to lease.ExpirerOptions.OnExpire. (Connections do not wait for it: each
+// has its own deadline.)
+func (s *Server) SessionExpired(sess *lease.Session, at time.Time) {
 	s.metrics.expiryLag.Observe(at.Sub(sess.ExpiresAt).Seconds())
+	s.releaseBrowser(sess.ID)
 }
 
 func (s *Server) routes() http.Handler {
@@ -117,6 +156,8 @@ func (s *Server) routes() http.Handler {
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNotFoundRoute) })
 	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errMethod) })
 
+	s.browserRoutes(r)
+	r.HandleFunc("/v1/connect/{session}/{channel}", s.connect).Methods(http.MethodGet)
 	r.HandleFunc("/healthz", s.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", s.readyz).Methods(http.MethodGet)
 	r.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)

@@ -42,6 +42,7 @@ func (s *Server) openSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.logAudit(ev.withSession(sess))
+	s.openCounts.add(p.Tenant, 1)
 	s.metrics.opened.WithLabelValues(string(kind)).Inc()
 	s.metrics.openLatency.Observe(time.Since(start).Seconds())
 	if s.expirer != nil {
@@ -86,7 +87,7 @@ func (s *Server) open(w http.ResponseWriter, r *http.Request, p *authn.Principal
 	}
 	now := lease.Millis(s.now())
 	// 6. Limits.
-	n, err := s.sessions.CountOpen(ctx, p.Tenant, now)
+	n, err := s.openCounts.get(ctx, p.Tenant, now)
 	if err != nil {
 		return nil, nil, "", err
 	}
@@ -96,12 +97,7 @@ func (s *Server) open(w http.ResponseWriter, r *http.Request, p *authn.Principal
 		e.RetryAfter = openRetryAfter
 		return nil, nil, "", e
 	}
-	// 7. Provisioning.
-	if res.Kind == targets.KindBrowser {
-		return nil, nil, "", problem.New(problem.Unavailable, "the browser pool is not running on this gateway")
-	}
-	// 8. Commit, with the generation seen at step 4 as a precondition for
-	// dynamic services.
+	// 8 (prepared). The session as it will be committed.
 	sess := &lease.Session{
 		ID: lease.NewID(), TenantID: p.Tenant, CreatedAt: now, CreatedBy: p.Subject,
 		Target: req.Target, Channels: req.Channels, RequestedTTLMs: req.RequestedTTLMs,
@@ -114,6 +110,14 @@ func (s *Server) open(w http.ResponseWriter, r *http.Request, p *authn.Principal
 	if res.Sandbox != nil {
 		sess.Snapshot.Sandbox = res.Sandbox.ID
 	}
+	// 7. Provisioning.
+	if res.Kind == targets.KindBrowser {
+		if err := s.provisionBrowser(ctx, sess); err != nil {
+			return nil, nil, "", err
+		}
+	}
+	// 8. Commit, with the generation seen at step 4 as a precondition for
+	// dynamic services. A failed commit gives back what step 7 took.
 	var cond *lease.Precondition
 	if res.Dynamic && res.Service != nil {
 		cond = &lease.Precondition{TenantID: p.Tenant, Service: res.Service.Name, Generation: res.Generation}
@@ -127,6 +131,9 @@ func (s *Server) open(w http.ResponseWriter, r *http.Request, p *authn.Principal
 	}
 	ev.Outcome = lease.Success
 	if err := s.sessions.CreateSession(ctx, sess, ev.withSession(sess), cond); err != nil {
+		if res.Kind == targets.KindBrowser {
+			s.releaseBrowser(sess.ID)
+		}
 		return nil, nil, "", err
 	}
 	return sess, connect, res.Kind, nil
@@ -234,7 +241,7 @@ func (s *Server) closeSession(w http.ResponseWriter, r *http.Request) {
 	}
 	ev := s.event(r, p, lease.ActionClose)
 	ev.SessionID = mux.Vars(r)["id"]
-	sess, err := s.close(w, r, p, ev)
+	sess, closedNow, err := s.close(w, r, p, ev)
 	if err != nil {
 		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
 		s.recordDenied(r.Context(), ev)
@@ -243,6 +250,13 @@ func (s *Server) closeSession(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logAudit(ev.Event)
 	s.metrics.closed.Inc()
+	if closedNow {
+		s.openCounts.add(p.Tenant, -1)
+	}
+	if sess.CloseReason != nil {
+		s.conns.closeSession(sess.ID, causeClosed(*sess.CloseReason))
+	}
+	s.releaseBrowser(sess.ID)
 	writeJSON(w, http.StatusOK, renderSession(sess, s.now(), nil))
 }
 
@@ -250,37 +264,44 @@ func (s *Server) closeSession(w http.ResponseWriter, r *http.Request) {
 // whose reason must fit in 123 bytes with the "session closed: " prefix.
 const maxReason = 100
 
-func (s *Server) close(w http.ResponseWriter, r *http.Request, p *authn.Principal, ev *auditEvent) (*lease.Session, error) {
+// close closes the session of ev; closedNow is false when it was already
+// closed (the idempotent case).
+func (s *Server) close(w http.ResponseWriter, r *http.Request, p *authn.Principal, ev *auditEvent) (sess *lease.Session, closedNow bool, err error) {
 	body, err := readBody(w, r)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	var req struct {
 		Reason string `json:"reason"`
 	}
 	if len(strings.TrimSpace(string(body))) > 0 {
 		if err := decodeStrict(body, &req); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 	if req.Reason == "" {
 		req.Reason = "closed"
 	}
 	if len(req.Reason) > maxReason {
-		return nil, invalid("reason", "reason must be at most 100 bytes")
+		return nil, false, invalid("reason", "reason must be at most 100 bytes")
 	}
-	sess, err := s.sessions.GetSession(r.Context(), p.Tenant, ev.SessionID)
+	cur, err := s.sessions.GetSession(r.Context(), p.Tenant, ev.SessionID)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	ev.Target = sess.Target.String()
-	if err := authorizeTarget(p, sess.Target); err != nil {
-		return nil, err
+	ev.Target = cur.Target.String()
+	if err := authorizeTarget(p, cur.Target); err != nil {
+		return nil, false, err
 	}
 	ev.Outcome = lease.Success
-	return s.sessions.CloseSession(r.Context(), lease.CloseRequest{
-		TenantID: p.Tenant, ID: sess.ID, Reason: req.Reason, By: p.Subject, At: lease.Millis(s.now()),
+	at := lease.Millis(s.now())
+	sess, err = s.sessions.CloseSession(r.Context(), lease.CloseRequest{
+		TenantID: p.Tenant, ID: cur.ID, Reason: req.Reason, By: p.Subject, At: at,
 	}, ev.Event)
+	if err != nil {
+		return nil, false, err
+	}
+	return sess, cur.State == lease.Open, nil
 }
 
 // mintConnect is POST …/sessions/{id}/connect: fresh URLs for an open

@@ -16,8 +16,28 @@ func newFlagSet(name string) *flag.FlagSet {
 // parseWithEnv parses args, then fills every flag not set on the command
 // line from NIMBUS_<FLAG> (dashes become underscores), so the binary is as
 // configurable from a container's env as from its command line.
+//
+// Flags may follow positional arguments (`sessions close ID --reason x`):
+// the standard flag package stops at the first positional, so parsing
+// resumes after each one, and fs.Args() holds the positionals at the end.
 func parseWithEnv(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		rest := fs.Args()
+		if len(args) > 0 && len(rest) < len(args) && args[len(args)-len(rest)-1] == "--" {
+			positional = append(positional, rest...) // after "--", all are positional
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+	if err := fs.Parse(append([]string{"--"}, positional...)); err != nil {
 		return err
 	}
 	set := map[string]bool{}

@@ -15,6 +15,8 @@ const usage = `usage:
   gateway [serve] [flags]              run the gateway (default)
   gateway token mint [flags]           print a tenant token signed with the development key
   gateway sessions open|get|list|close client commands against a running gateway
+  gateway attach SESSION | --service NAME | --sandbox ID
+                                       attach this terminal to a workload's stdio
 
 Run "gateway COMMAND -h" for the flags of a command. Every serve flag can
 also be set as NIMBUS_<FLAG> (e.g. NIMBUS_DATA_DIR).
@@ -42,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = tokenMint(rest[1:], stdout, stderr)
 	case "sessions":
 		err = sessions(rest, stdout, stderr)
+	case "attach":
+		err = attach(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -49,9 +53,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = usageError("unknown command " + cmd + "\n" + usage)
 	}
 	var ue usageError
+	var ec exitCodeError
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &ec):
+		// attach exits with the workload's own exit code.
+		return int(ec)
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &ue):

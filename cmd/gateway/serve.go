@@ -34,7 +34,13 @@ type serveConfig struct {
 	connectKeys                                                 string
 	ttlDefault, ttlMax                                          time.Duration
 	maxSessions                                                 int
+	maxConns                                                    int
+	pingInterval                                                time.Duration
 	drainTimeout                                                time.Duration
+
+	// listener, when set (by tests), is served instead of listening on
+	// addr.
+	listener net.Listener
 }
 
 func serve(args []string, stdout, stderr io.Writer) error {
@@ -51,6 +57,8 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.ttlDefault, "ttl-default", 15*time.Minute, "session TTL when the request names none")
 	fs.DurationVar(&c.ttlMax, "ttl-max", time.Hour, "cap on every session TTL")
 	fs.IntVar(&c.maxSessions, "max-sessions-per-tenant", 1000, "open sessions a tenant may hold")
+	fs.IntVar(&c.maxConns, "max-conns-per-session", 32, "live connections a session may hold")
+	fs.DurationVar(&c.pingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval (negative disables)")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "how long SIGTERM waits for requests to finish")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parseWithEnv(fs, args); err != nil {
@@ -111,17 +119,20 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var srv *proxy.Server
 	expirer := lease.NewExpirer(db, lease.ExpirerOptions{Logger: log, OnExpire: func(s *lease.Session, at time.Time) {
-		srv.ExpiryObserved(s, at)
+		srv.SessionExpired(s, at)
 	}})
 	srv = proxy.New(proxy.Options{
 		Sessions: db, Catalog: catalog, Tenants: verifier, ConnectKeys: ck, Expirer: expirer, Ping: db.Ping,
 		TTL: lease.TTLPolicy{Default: c.ttlDefault, Max: c.ttlMax}, MaxOpenPerTenant: c.maxSessions,
+		MaxConnsPerSession: c.maxConns, PingInterval: c.pingInterval,
 		PublicURL: c.publicURL, Logger: log, Registry: reg,
 	})
 
-	ln, err := net.Listen("tcp", c.addr)
-	if err != nil {
-		return err
+	ln := c.listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", c.addr); err != nil {
+			return err
+		}
 	}
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(log)}
 	expCtx, cancelExp := context.WithCancel(context.Background())
@@ -129,12 +140,12 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	go func() { defer close(expDone); expirer.Run(expCtx) }()
 	defer func() { cancelExp(); <-expDone }()
 
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("gateway listening", zap.String("addr", ln.Addr().String()), zap.String("dataDir", c.dataDir), zap.String("store", dbPath))
 	if devKey != nil {
 		printWelcome(stdout, ln.Addr(), devKey, cfg)
 	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+	log.Info("gateway listening", zap.String("addr", ln.Addr().String()), zap.String("dataDir", c.dataDir), zap.String("store", dbPath))
 
 	select {
 	case err := <-serveErr:
@@ -142,9 +153,12 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	case <-ctx.Done():
 	}
 	log.Info("draining")
-	srv.Drain()
 	sctx, cancel := context.WithTimeout(context.Background(), c.drainTimeout)
 	defer cancel()
+	// Live WebSockets first (1001 to each), then in-flight requests.
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("connections still open after the drain timeout", zap.Error(err))
+	}
 	if err := hs.Shutdown(sctx); err != nil {
 		log.Warn("drain timed out", zap.Error(err))
 		_ = hs.Close()

@@ -1,0 +1,413 @@
+package channels
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/nimbus/gateway/targets"
+)
+
+// StdioProtocol is the WebSocket subprotocol of the stdio channel.
+const StdioProtocol = "nimbus.stdio.v1"
+
+// Stream bytes: the first byte of every stdio message (SPEC §5.1).
+const (
+	streamStdin   byte = 0
+	streamStdout  byte = 1 // = targets.Stdout
+	streamStderr  byte = 2 // = targets.Stderr
+	streamControl byte = 3
+)
+
+const (
+	// MaxStdioMessage bounds a client message's payload (after the stream
+	// byte); the read limit is one more.
+	MaxStdioMessage = 1 << 20
+	// closeLinger is how long a connection that must end gets to finish
+	// the frame it is writing and the close handshake before its TCP
+	// connection is cut (SPEC §5: one second).
+	closeLinger = time.Second
+	// smallChunk: output up to this size is copied behind its stream byte
+	// and sent as one frame; larger chunks are streamed with Writer so the
+	// data is never copied (the copy would cost more than the frames).
+	smallChunk = 16 << 10
+	// maxTermSize bounds the cols and rows of a resize.
+	maxTermSize = 10000
+)
+
+// StdioOptions tune ServeStdio. The zero value is the SPEC default.
+type StdioOptions struct {
+	// MaxBacklog bounds the output queued for the client and not yet
+	// written to its socket; 0 means 1 MiB.
+	MaxBacklog int
+	// Grace is how long the backlog may stay over MaxBacklog before the
+	// client is dropped with 4429; 0 means 5 s.
+	Grace time.Duration
+	// OnBytes, if not nil, is called with the stream bytes relayed (for
+	// metrics): dir "out" for output written to the client, "in" for stdin
+	// written to the workload. It must not block.
+	OnBytes func(dir string, n int)
+}
+
+// ServeStdio carries one attached client on conn (already upgraded, its
+// subprotocol negotiated by the caller) until the workload exits, the
+// client leaves or misbehaves, or ctx ends. It returns how the connection
+// closed: a *CloseError — 1000 after the exit message, 4429 for a slow
+// consumer, 1003/1008 for a bad client, or context.Cause(ctx) (the caller
+// puts a *CloseError there: 4408, 4410, 1001…) — or nil when the client
+// closed or vanished first.
+//
+// ServeStdio closes conn itself, with the code it returns (a non-*CloseError
+// cause closes it without a handshake), before it returns: coder/websocket
+// can unblock a pending Reader only by closing the connection, and
+// ServeStdio waits for its reader. The caller's own Close or CloseNow
+// afterwards is a harmless no-op. The close handshake and the frame being
+// written get one second (SPEC §5), then the TCP connection is cut.
+//
+// One goroutine writes to conn (hello, output, exit); another reads it.
+// Stdin is written to the workload by the reader: if the workload does not
+// read its stdin and the pipe is full, that write cannot be interrupted
+// (targets.Workload.Write takes no context), so ServeStdio then returns
+// one second after closing conn and leaves the reader to finish the write
+// when the workload reads or exits; it delivers nothing more.
+func ServeStdio(ctx context.Context, conn *websocket.Conn, w *targets.Workload, o StdioOptions) error {
+	if o.MaxBacklog <= 0 {
+		o.MaxBacklog = 1 << 20
+	}
+	if o.Grace <= 0 {
+		o.Grace = 5 * time.Second
+	}
+	s := &stdio{conn: conn, w: w, opt: o, hardLimit: 64 * o.MaxBacklog}
+	return s.serve(ctx)
+}
+
+// stdio is one attached client.
+type stdio struct {
+	// Static after ServeStdio.
+	conn      *websocket.Conn
+	w         *targets.Workload
+	opt       StdioOptions
+	hardLimit int // the hub's default HardLimit for opt.MaxBacklog
+
+	// Owned by output.
+	buf []byte // a small chunk or control message behind its stream byte
+
+	// Shared by output and the slow-consumer watchdog.
+	watch slowWatch
+	// stopped is set once the connection is ending: the reader writes no
+	// more stdin to the workload.
+	stopped atomic.Bool
+}
+
+// Causes the output loop's contexts are cancelled with.
+var (
+	errStopOutput = errors.New("stdio: connection ending")
+	errStuckWrite = errors.New("stdio: write to client stuck")
+	errSlowWrite  = errors.New("stdio: slow consumer")
+	// errClientGone: the client closed the connection or vanished; there
+	// is nothing left to send (ServeStdio returns nil).
+	errClientGone = errors.New("stdio: client gone")
+)
+
+func (s *stdio) serve(ctx context.Context) error {
+	s.conn.SetReadLimit(MaxStdioMessage + 1)
+	sub := s.w.Subscribe(targets.SubscribeOptions{MaxBacklog: s.opt.MaxBacklog, Grace: s.opt.Grace, HardLimit: s.hardLimit})
+	defer sub.Close()
+
+	// stop ends the output loop at a message boundary (or in Next).
+	stop, stopOutput := context.WithCancelCause(ctx)
+	defer stopOutput(nil)
+	// Cancelling a coder/websocket read or write context closes the
+	// connection, so conn's operations run under contexts that are
+	// cancelled only to cut it: writes when they are stuck on a client
+	// that does not read, reads when the close handshake overruns.
+	wctx, cutWrites := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cutWrites(nil)
+	rctx, cutReads := context.WithCancel(context.WithoutCancel(ctx))
+	defer cutReads()
+	s.watch.init(s, cutWrites)
+	defer s.watch.stop()
+
+	outDone := make(chan error, 1)
+	inDone := make(chan error, 1)
+	go func() { outDone <- s.output(stop, wctx, sub) }()
+	go func() { inDone <- s.input(rctx) }()
+
+	var err, outErr error
+	outRunning, inRunning := true, true
+	select {
+	case err = <-outDone:
+		outRunning = false
+	case err = <-inDone:
+		inRunning = false
+	case <-ctx.Done():
+		err = context.Cause(ctx)
+	}
+	s.stopped.Store(true)
+	if outRunning {
+		// Let the output loop finish the message it is writing (a client
+		// reading slowly still gets the close frame after it), but cut a
+		// write stuck for good.
+		stopOutput(errStopOutput)
+		t := time.AfterFunc(closeLinger, func() { cutWrites(errStuckWrite) })
+		outErr = <-outDone
+		t.Stop()
+	}
+	if errors.Is(err, errClientGone) {
+		// The reader saw the connection end; if the output loop cut it
+		// (slow consumer) or finished (exit) meanwhile, that is the news.
+		err = nil
+		if _, ok := AsClose(outErr); ok {
+			err = outErr
+		}
+	}
+
+	t := time.AfterFunc(closeLinger, cutReads) // cuts the handshake's wait
+	if ce, ok := AsClose(err); ok {
+		_ = s.conn.Close(ce.Code, ce.Reason)
+	} else {
+		_ = s.conn.CloseNow()
+	}
+	t.Stop()
+	if inRunning {
+		select {
+		case <-inDone:
+		case <-time.After(closeLinger):
+			// The reader is in Workload.Write (see ServeStdio).
+		}
+	}
+	return err
+}
+
+// output is the socket's only writer: hello, then the output as it comes,
+// then the exit message once Next reported io.EOF — every byte written.
+// stop ends it between messages; wctx is the context of its writes.
+func (s *stdio) output(stop, wctx context.Context, sub *targets.Subscription) error {
+	err := s.writeControl(wctx, helloMessage{Type: "hello", TTY: s.w.TTY(), Replayed: sub.Replayed()})
+	if err != nil {
+		return s.writeErr(wctx, err)
+	}
+	var batch []targets.Chunk
+	for {
+		batch, err = sub.Next(stop, batch[:0])
+		if err != nil {
+			break
+		}
+		if err := s.writeBatch(stop, wctx, sub, batch); err != nil {
+			return err
+		}
+	}
+	switch {
+	case errors.Is(err, io.EOF):
+		ex := s.w.Exit()
+		m := exitMessage{Type: "exit", Code: ex.Code}
+		if ex.Signal != "" {
+			m.Signal = &ex.Signal
+		}
+		if err := s.writeControl(wctx, m); err != nil {
+			return s.writeErr(wctx, err)
+		}
+		return Close(websocket.StatusNormalClosure, "workload exited")
+	case errors.Is(err, targets.ErrSlowConsumer):
+		return Close(StatusSlowConsumer, "slow consumer")
+	default:
+		return context.Cause(stop)
+	}
+}
+
+// writeBatch writes the chunks Next returned, each as one message. It
+// stops early when stop ends (returning its cause) or when the watchdog
+// presumes the hub dropped this client, which it then asks the hub.
+func (s *stdio) writeBatch(stop, wctx context.Context, sub *targets.Subscription, batch []targets.Chunk) error {
+	s.watch.begin()
+	defer s.watch.end()
+	for i := 0; i < len(batch); i++ {
+		if stop.Err() != nil {
+			return context.Cause(stop)
+		}
+		if s.watch.dropped() {
+			// A cancelled Next returns at once: the queue if any (then the
+			// hub has not dropped us yet: write on), else why it is empty.
+			more, err := sub.Next(probeCtx, batch)
+			if errors.Is(err, targets.ErrSlowConsumer) {
+				return Close(StatusSlowConsumer, "slow consumer")
+			}
+			batch = more
+			s.watch.begin()
+		}
+		c := batch[i]
+		if err := s.writeChunk(wctx, c); err != nil {
+			return s.writeErr(wctx, err)
+		}
+		if s.opt.OnBytes != nil {
+			s.opt.OnBytes("out", len(c.Data))
+		}
+		batch[i] = targets.Chunk{} // let the data go
+	}
+	return nil
+}
+
+// probeCtx is a cancelled context: Subscription.Next under it does not
+// wait.
+var probeCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// writeErr maps a failed write: cut by the watchdog, a slow consumer;
+// otherwise the client is gone and there is nothing to send.
+func (s *stdio) writeErr(wctx context.Context, err error) error {
+	if errors.Is(context.Cause(wctx), errSlowWrite) {
+		return Close(StatusSlowConsumer, "slow consumer")
+	}
+	return errClientGone
+}
+
+// writeChunk writes c as one message: its stream byte, then its data.
+func (s *stdio) writeChunk(ctx context.Context, c targets.Chunk) error {
+	if len(c.Data) <= smallChunk {
+		s.buf = append(append(s.buf[:0], c.Stream), c.Data...)
+		return s.conn.Write(ctx, websocket.MessageBinary, s.buf)
+	}
+	mw, err := s.conn.Writer(ctx, websocket.MessageBinary)
+	if err != nil {
+		return err
+	}
+	s.buf = append(s.buf[:0], c.Stream)
+	if _, err := mw.Write(s.buf); err != nil {
+		return err
+	}
+	if _, err := mw.Write(c.Data); err != nil {
+		return err
+	}
+	return mw.Close()
+}
+
+func (s *stdio) writeControl(ctx context.Context, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	s.buf = append(append(s.buf[:0], streamControl), b...)
+	return s.conn.Write(ctx, websocket.MessageBinary, s.buf)
+}
+
+// Server control messages.
+type (
+	helloMessage struct {
+		Type     string `json:"type"`
+		TTY      bool   `json:"tty"`
+		Replayed int    `json:"replayed"`
+	}
+	exitMessage struct {
+		Type   string  `json:"type"`
+		Code   int     `json:"code"`
+		Signal *string `json:"signal"` // null when the process exited by itself
+	}
+)
+
+// slowWatch notices, while the output loop is stuck writing to a client
+// that stopped reading, that the hub has dropped the subscription: the
+// hub's rule applies to bytes not yet taken with Next, and the output loop
+// takes none while a write blocks, so on its own it would learn of the
+// drop only when the client reads again — never, for a client that froze.
+// It infers the backlog from the workload's output counter (bytes
+// published since the batch was taken, all queued for this subscriber),
+// which undercounts, so it never presumes a drop before the hub made it.
+// A client presumed dropped gets closeLinger to finish the frame being
+// written (it then gets a clean 4429); then its writes are cut.
+type slowWatch struct {
+	// Static after init.
+	s      *stdio
+	cut    context.CancelCauseFunc
+	period time.Duration
+
+	mu sync.Mutex
+	// Guarded by mu.
+	timer     *time.Timer
+	busy      bool      // the output loop is writing a batch
+	mark      uint64    // workload BytesOut when the batch was taken
+	overSince time.Time // when the inferred backlog was first seen over MaxBacklog
+	presumed  time.Time // when the drop was presumed; zero if not
+
+	isDropped atomic.Bool // presumed is set; read by the output loop per message
+}
+
+func (sw *slowWatch) init(s *stdio, cut context.CancelCauseFunc) {
+	sw.s, sw.cut = s, cut
+	sw.period = min(max(s.opt.Grace/4, 10*time.Millisecond), 250*time.Millisecond)
+}
+
+// begin is called when the output loop took a batch from Next.
+func (sw *slowWatch) begin() {
+	mark := sw.s.w.Stats().BytesOut
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	sw.busy, sw.mark = true, mark
+	sw.overSince, sw.presumed = time.Time{}, time.Time{}
+	sw.isDropped.Store(false)
+	if sw.timer == nil {
+		sw.timer = time.AfterFunc(sw.period, sw.check)
+	} else {
+		sw.timer.Reset(sw.period)
+	}
+}
+
+// end is called when the batch is written (or abandoned).
+func (sw *slowWatch) end() {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	sw.busy = false
+	sw.timer.Stop()
+}
+
+func (sw *slowWatch) stop() {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	sw.busy = false
+	if sw.timer != nil {
+		sw.timer.Stop()
+	}
+}
+
+func (sw *slowWatch) dropped() bool { return sw.isDropped.Load() }
+
+// check runs on the timer while a batch is being written.
+func (sw *slowWatch) check() {
+	out := sw.s.w.Stats().BytesOut
+	now := time.Now()
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if !sw.busy {
+		return
+	}
+	backlog := out - sw.mark
+	switch {
+	case !sw.presumed.IsZero():
+		if now.Sub(sw.presumed) >= closeLinger {
+			sw.cut(errSlowWrite)
+			return
+		}
+	case backlog > uint64(sw.s.hardLimit):
+		sw.presume(now)
+	case backlog > uint64(sw.s.opt.MaxBacklog):
+		if sw.overSince.IsZero() {
+			sw.overSince = now
+		} else if now.Sub(sw.overSince) >= sw.s.opt.Grace {
+			sw.presume(now)
+		}
+	}
+	sw.timer.Reset(sw.period)
+}
+
+func (sw *slowWatch) presume(now time.Time) {
+	sw.presumed = now
+	sw.isDropped.Store(true)
+}

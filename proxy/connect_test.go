@@ -1,0 +1,392 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/nimbus/gateway/client"
+	"github.com/nimbus/gateway/proxy"
+)
+
+// sandbox creates a sandbox through the admin API and returns a token
+// with reach to it.
+func (e *env) sandbox(id string, tty bool, command ...string) string {
+	e.t.Helper()
+	r := e.do(http.MethodPost, "/v1/tenants/demo/sandboxes", e.admin(), map[string]any{"id": id, "command": command, "tty": tty})
+	if r.Status != 201 || field(r.JSON(e.t), "state") != "ready" {
+		e.t.Fatalf("sandbox %s: %d %s", id, r.Status, r.Body)
+	}
+	return e.token("demo", "alice", nil, []string{id}, false)
+}
+
+// openURL opens a session on sandbox id and returns its id and connect URLs.
+func (e *env) openURL(tok, id string, ttlMs int, channels ...string) (string, map[string]string) {
+	e.t.Helper()
+	b := sbx(id, channels...)
+	if ttlMs > 0 {
+		b["requestedTtlMs"] = ttlMs
+	}
+	m := e.mustOpen(tok, b)
+	urls := map[string]string{}
+	for k, v := range field(m, "status", "connect").(map[string]any) {
+		urls[k] = v.(string)
+	}
+	return sessionID(m), urls
+}
+
+func dial(t testing.TB, u string) *client.Stdio {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := client.DialStdio(ctx, u)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// drain reads a stdio connection to its end and returns stdout, stderr.
+func drain(t testing.TB, s *client.Stdio, timeout time.Duration) (stdout, stderr []byte, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		stream, data, err := s.Next(ctx)
+		if err != nil {
+			return stdout, stderr, err
+		}
+		if stream == 1 {
+			stdout = append(stdout, data...)
+		} else {
+			stderr = append(stderr, data...)
+		}
+	}
+}
+
+// TestConnectRefusals: every pre-upgrade check answers problem+json with
+// no upgrade.
+func TestConnectRefusals(t *testing.T) {
+	e := newEnv(t, envOptions{mutate: func(o *proxy.Options) { o.MaxConnsPerSession = 1 }})
+	tok := e.sandbox("sbx-cat", false, "/bin/cat")
+	sidA, urlsA := e.openURL(tok, "sbx-cat", 0, "stdio", "files")
+	sidB, urlsB := e.openURL(tok, "sbx-cat", 0, "stdio")
+	closedSid, closedURLs := e.openURL(tok, "sbx-cat", 0, "stdio")
+	e.do(http.MethodPost, "/v1/tenants/demo/sessions/"+closedSid+"/close", tok, nil)
+	_, shortURLs := e.openURL(tok, "sbx-cat", 1000, "stdio")
+
+	tokenOf := func(u string) string { pu, _ := url.Parse(u); return pu.Query().Get("token") }
+	path := func(sid, ch, token string) string {
+		return "/v1/connect/" + sid + "/" + ch + "?token=" + url.QueryEscape(token)
+	}
+	tampered := []byte(tokenOf(urlsA["stdio"]))
+	tampered[len(tampered)/2] ^= 1
+
+	first := dial(t, urlsB["stdio"]) // holds B's only connection slot
+	_ = first
+	time.Sleep(1100 * time.Millisecond) // the short session is over
+
+	cases := []struct {
+		name   string
+		path   string
+		status int
+		code   string
+	}{
+		{"no token", "/v1/connect/" + sidA + "/stdio", 401, "unauthenticated"},
+		{"garbage token", path(sidA, "stdio", "x.y.z"), 401, "unauthenticated"},
+		{"tampered token", path(sidA, "stdio", string(tampered)), 401, "unauthenticated"},
+		{"tenant token", path(sidA, "stdio", tok), 401, "unauthenticated"},
+		{"wrong channel", path(sidA, "stdio", tokenOf(urlsA["files"])), 403, "permission_denied"},
+		{"wrong session", path(sidB, "stdio", tokenOf(urlsA["stdio"])), 403, "permission_denied"},
+		{"closed session", path(closedSid, "stdio", tokenOf(closedURLs["stdio"])), 409, "session_not_open"},
+		{"expired session", strings.TrimPrefix(shortURLs["stdio"], "ws://"+strings.TrimPrefix(e.URL, "http://")), 409, "session_not_open"},
+		{"connection limit", path(sidB, "stdio", tokenOf(urlsB["stdio"])), 429, "resource_exhausted"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, e.URL+c.path, nil)
+			// A real upgrade request, so that a wrongly accepted one would
+			// switch protocols.
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", "websocket")
+			req.Header.Set("Sec-WebSocket-Version", "13")
+			req.Header.Set("Sec-WebSocket-Key", base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			r := response{Status: resp.StatusCode, Header: resp.Header, Body: body}
+			if r.Status != c.status || r.Code(t) != c.code {
+				t.Fatalf("got %d %s, want %d %s: %s", r.Status, r.Code(t), c.status, c.code, body)
+			}
+		})
+	}
+	// The client gets the same problem through client.DialStdio.
+	_, err := client.DialStdio(context.Background(), closedURLs["stdio"])
+	if ce, ok := err.(*client.Error); !ok || ce.Code != "session_not_open" {
+		t.Fatalf("DialStdio on a closed session: %v", err)
+	}
+}
+
+// TestStdioSeq: every line of `seq 1 1000000` arrives in order through
+// the gateway, then exit code 3, then close 1000.
+func TestStdioSeq(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.sandbox("sbx-seq", false, "/bin/sh", "-c", "read go; seq 1 1000000; exit 3")
+	_, urls := e.openURL(tok, "sbx-seq", 0, "stdio")
+	s := dial(t, urls["stdio"])
+	if _, err := s.Write([]byte("go\n")); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := drain(t, s, 60*time.Second)
+	if err != io.EOF {
+		t.Fatalf("stream ended with %v", err)
+	}
+	checkSeq(t, out, 1000000)
+	if code, _, ok := s.Exit(); !ok || code != 3 {
+		t.Fatalf("exit %d %v", code, ok)
+	}
+	if code, _ := s.CloseStatus(); code != websocket.StatusNormalClosure {
+		t.Fatalf("close code %d", code)
+	}
+}
+
+func checkSeq(t testing.TB, out []byte, n int) {
+	t.Helper()
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	want := 1
+	for sc.Scan() {
+		line := strings.TrimSuffix(sc.Text(), "\r")
+		if line != strconv.Itoa(want) {
+			t.Fatalf("line %d is %q", want, line)
+		}
+		want++
+	}
+	if want-1 != n {
+		t.Fatalf("got %d lines, want %d", want-1, n)
+	}
+}
+
+// TestCloseDisconnects: a close through the API sends 4410 with the
+// reason to every connection of the session, at once.
+func TestCloseDisconnects(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.sandbox("sbx-cat", false, "/bin/cat")
+	sid, urls := e.openURL(tok, "sbx-cat", 0, "stdio")
+	a, b := dial(t, urls["stdio"]), dial(t, urls["stdio"])
+	start := time.Now()
+	e.do(http.MethodPost, "/v1/tenants/demo/sessions/"+sid+"/close", tok, map[string]string{"reason": "done"})
+	for _, s := range []*client.Stdio{a, b} {
+		if _, _, err := drain(t, s, 5*time.Second); err == nil {
+			t.Fatal("no end")
+		}
+		code, reason := s.CloseStatus()
+		if code != 4410 || reason != "session closed: done" {
+			t.Fatalf("close %d %q", code, reason)
+		}
+	}
+	t.Logf("close → both clients disconnected in %v", time.Since(start))
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("disconnect took %v", d)
+	}
+}
+
+// TestExpiryDisconnects200: 200 sessions whose connections all expire at
+// the same instant each get 4408; the lag after expiresAt is measured.
+func TestExpiryDisconnects200(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.sandbox("sbx-cat", false, "/bin/cat")
+	const n = 200
+	// Freeze the server's clock so that all 200 sessions share createdAt
+	// and so expiresAt; connections run on the real clock.
+	e.clock.Advance(0)
+	ttl := 8000
+	expiresAt := e.clock.Now().Add(time.Duration(ttl) * time.Millisecond)
+	conns := make([]*client.Stdio, n)
+	for i := range conns {
+		_, urls := e.openURL(tok, "sbx-cat", ttl, "stdio")
+		conns[i] = dial(t, urls["stdio"])
+	}
+	if time.Now().After(expiresAt.Add(-time.Second)) {
+		t.Fatalf("setup took too long; connections were not all live before expiry")
+	}
+	lags := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	for i, s := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, _ = drain(t, s, time.Until(expiresAt)+5*time.Second)
+			lags[i] = time.Since(expiresAt)
+			if code, reason := s.CloseStatus(); code != 4408 || reason != "session expired" {
+				t.Errorf("conn %d: close %d %q", i, code, reason)
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(lags)
+	p50, p99, max := lags[n/2], lags[n*99/100], lags[n-1]
+	t.Logf("expiry of %d connections: lag p50 %v, p99 %v, max %v", n, p50, p99, max)
+	if lags[0] < 0 {
+		t.Fatalf("a connection was cut %v before expiresAt", -lags[0])
+	}
+	if max > time.Second {
+		t.Fatalf("max lag %v: every connection must be gone within 1 s of expiresAt", max)
+	}
+}
+
+// rawUpgrade performs a WebSocket handshake on a bare TCP connection and
+// returns it, so a test can play a client that ignores the protocol.
+func rawUpgrade(t *testing.T, wsURL string) net.Conn {
+	t.Helper()
+	u, _ := url.Parse(wsURL)
+	c, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := make([]byte, 16)
+	_, _ = rand.Read(key)
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: nimbus.stdio.v1\r\n\r\n",
+		u.RequestURI(), u.Host, base64.StdEncoding.EncodeToString(key))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &bufConn{Conn: c, r: br}
+}
+
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// TestIgnoredCloseHandshakeIsCut: a client that never answers the close
+// frame has its TCP connection cut about one second after it was sent.
+func TestIgnoredCloseHandshakeIsCut(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.sandbox("sbx-cat", false, "/bin/cat")
+	sid, urls := e.openURL(tok, "sbx-cat", 0, "stdio")
+	c := rawUpgrade(t, urls["stdio"])
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	e.do(http.MethodPost, "/v1/tenants/demo/sessions/"+sid+"/close", tok, nil)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c) // reads hello and the close frame, never answers
+	d := time.Since(start)
+	if err != nil {
+		t.Fatalf("connection was not cut: %v after %v", err, d)
+	}
+	if !bytes.Contains(got, []byte("session closed: closed")) {
+		t.Fatalf("no close frame before the cut: %q", got)
+	}
+	t.Logf("cut %v after the close", d)
+	if d < 900*time.Millisecond || d > 2500*time.Millisecond {
+		t.Fatalf("cut after %v, want about 1 s", d)
+	}
+}
+
+// TestPingDropsDeadPeer: a client that stops answering pings is dropped.
+func TestPingDropsDeadPeer(t *testing.T) {
+	e := newEnv(t, envOptions{mutate: func(o *proxy.Options) {
+		o.PingInterval, o.PingTimeout = 100*time.Millisecond, 200*time.Millisecond
+	}})
+	tok := e.sandbox("sbx-cat", false, "/bin/cat")
+	_, urls := e.openURL(tok, "sbx-cat", 0, "stdio")
+	c := rawUpgrade(t, urls["stdio"]) // never reads, so never pongs
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("a dead peer was not dropped: %v", err)
+	}
+	if !bytes.Contains(got, []byte("ping timeout")) {
+		t.Fatalf("dropped without the ping-timeout close frame: %q", got)
+	}
+	t.Logf("dead peer dropped after %v", time.Since(start))
+	// A live client on the same settings stays connected through pings:
+	// it reads all the time, which is when coder/websocket answers them.
+	s := dial(t, urls["stdio"])
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	echoed := make(chan error, 1)
+	go func() {
+		var out []byte
+		for !bytes.Contains(out, []byte("still here")) {
+			_, data, err := s.Next(ctx)
+			if err != nil {
+				echoed <- err
+				return
+			}
+			out = append(out, data...)
+		}
+		echoed <- nil
+	}()
+	time.Sleep(600 * time.Millisecond) // several ping intervals
+	if _, err := s.Write([]byte("still here\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-echoed; err != nil {
+		t.Fatalf("live client lost: %v", err)
+	}
+}
+
+// TestShutdownCloses1001: a draining gateway closes connections with 1001.
+func TestShutdownCloses1001(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.sandbox("sbx-cat", false, "/bin/cat")
+	_, urls := e.openURL(tok, "sbx-cat", 0, "stdio")
+	s := dial(t, urls["stdio"])
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _ = drain(t, s, 5*time.Second)
+	if code, _ := s.CloseStatus(); code != websocket.StatusGoingAway {
+		t.Fatalf("close %d", code)
+	}
+	if _, err := client.DialStdio(ctx, urls["stdio"]); err == nil {
+		t.Fatal("a draining gateway accepted a connection")
+	}
+}
+
+// TestConnectAudit: connects and disconnects are audit events.
+func TestConnectAudit(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.sandbox("sbx-cat", false, "/bin/cat")
+	sid, urls := e.openURL(tok, "sbx-cat", 0, "stdio")
+	s := dial(t, urls["stdio"])
+	e.do(http.MethodPost, "/v1/tenants/demo/sessions/"+sid+"/close", tok, nil)
+	_, _, _ = drain(t, s, 5*time.Second)
+	deadline := time.Now().Add(3 * time.Second)
+	for len(e.auditFor(sid, "session.disconnect")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if c := e.auditFor(sid, "session.connect"); len(c) != 1 || c[0]["principal"] != "alice" {
+		t.Fatalf("connect events %v", c)
+	}
+	if d := e.auditFor(sid, "session.disconnect"); len(d) != 1 || d[0]["code"] != "ws_4410" {
+		t.Fatalf("disconnect events %v", d)
+	}
+}
