@@ -77,7 +77,7 @@ func startGateway(t *testing.T, dataDir string, extra ...func(*serveConfig)) *ga
 	return nil
 }
 
-func devToken(t *testing.T, dataDir string, admin bool) string {
+func devToken(t testing.TB, dataDir string, admin bool) string {
 	t.Helper()
 	key, err := authn.LoadOrCreateDevKey(dataDir)
 	if err != nil {
