@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -84,10 +84,7 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	if dbPath == "" {
 		dbPath = filepath.Join(c.dataDir, "nimbus.db")
 	}
-	if strings.HasPrefix(dbPath, "postgres://") || strings.HasPrefix(dbPath, "postgresql://") {
-		return errors.New("--store postgres:// is not supported by this build yet; use a SQLite path")
-	}
-	db, err := store.OpenSQLite(dbPath)
+	db, err := openStore(ctx, dbPath)
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
@@ -135,6 +132,15 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		}
 	}
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(log)}
+	bgCtx, cancelBg := context.WithCancel(context.Background())
+	defer cancelBg()
+	if n, ok := db.(lease.Notifier); ok {
+		// Closes and expiries committed by other replicas cut this
+		// replica's connections of those sessions.
+		if err := srv.WatchEnds(bgCtx, n); err != nil {
+			return fmt.Errorf("watching session ends: %w", err)
+		}
+	}
 	expCtx, cancelExp := context.WithCancel(context.Background())
 	expDone := make(chan struct{})
 	go func() { defer close(expDone); expirer.Run(expCtx) }()
@@ -145,7 +151,7 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("gateway listening", zap.String("addr", ln.Addr().String()), zap.String("dataDir", c.dataDir), zap.String("store", dbPath))
+	log.Info("gateway listening", zap.String("addr", ln.Addr().String()), zap.String("dataDir", c.dataDir), zap.String("store", redactStore(dbPath)))
 
 	select {
 	case err := <-serveErr:
@@ -164,6 +170,31 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		_ = hs.Close()
 	}
 	return nil
+}
+
+// gatewayStore is what serve needs of a store: sessions, audit and the
+// catalog in one place.
+type gatewayStore interface {
+	lease.Store
+	targets.Store
+	Ping(context.Context) error
+	Close() error
+}
+
+// openStore opens PostgreSQL for a postgres:// URL, else SQLite at path.
+func openStore(ctx context.Context, spec string) (gatewayStore, error) {
+	if strings.HasPrefix(spec, "postgres://") || strings.HasPrefix(spec, "postgresql://") {
+		return store.OpenPostgres(ctx, spec)
+	}
+	return store.OpenSQLite(spec)
+}
+
+// redactStore hides the password of a store URL for the log.
+func redactStore(spec string) string {
+	if u, err := url.Parse(spec); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return spec
 }
 
 // tenantVerifier loads --tenant-key files, or the development key when
