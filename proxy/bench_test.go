@@ -2,13 +2,18 @@ package proxy_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nimbus/gateway/client"
 )
 
 // BenchmarkOpen measures session opens on a sandbox target over a real
@@ -81,4 +86,58 @@ func benchLatency(b *testing.B, conc int, open bool) {
 func itoa(n int) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// BenchmarkFiles moves 256 MiB per op through the gateway's files channel
+// (HTTP face: upload, download) and, as the baseline of the same run, by a
+// direct local copy of the same bytes (io.Copy file → file, fsync'd as
+// the gateway's upload is).
+func BenchmarkFiles(b *testing.B) {
+	const size = 256 << 20
+	e := newEnv(b, envOptions{quiet: true})
+	tok := e.sandbox("sbx-bench", false, "/bin/cat")
+	_, urls := e.openURL(tok, "sbx-bench", 0, "files")
+	c := client.New(e.URL, "demo", tok)
+	ctx := context.Background()
+	src := filepath.Join(b.TempDir(), "src.bin")
+	f, err := os.Create(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(f, io.LimitReader(newPRNG(9), size)); err != nil {
+		b.Fatal(err)
+	}
+	f.Close()
+
+	b.Run("local-copy", func(b *testing.B) {
+		b.SetBytes(size)
+		for i := 0; i < b.N; i++ {
+			in, _ := os.Open(src)
+			out, _ := os.Create(filepath.Join(e.sandboxRoot("sbx-bench"), "copy.bin"))
+			if _, err := io.Copy(out, in); err != nil {
+				b.Fatal(err)
+			}
+			out.Sync()
+			out.Close()
+			in.Close()
+		}
+	})
+	b.Run("gateway-upload", func(b *testing.B) {
+		b.SetBytes(size)
+		for i := 0; i < b.N; i++ {
+			in, _ := os.Open(src)
+			if err := c.Upload(ctx, urls["files"], "up.bin", in, size, nil); err != nil {
+				b.Fatal(err)
+			}
+			in.Close()
+		}
+	})
+	b.Run("gateway-download", func(b *testing.B) {
+		b.SetBytes(size)
+		for i := 0; i < b.N; i++ {
+			if _, err := c.Download(ctx, urls["files"], "up.bin", io.Discard, 0, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -72,6 +72,11 @@ func (b *stdioBackend) release() {}
 // is a 502, not a dropped socket.
 func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 	sid, ch := mux.Vars(r)["session"], mux.Vars(r)["channel"]
+	if ch == string(lease.Files) && !isUpgrade(r) {
+		// The files channel's HTTP face at the root (a listing).
+		s.serveFilesHTTP(w, r, sid, "")
+		return
+	}
 	// Late: a URL used after its session ended is answered for the
 	// session (409), not for the token's exp (401) — both die together.
 	claims, err := s.connectKeys.VerifyForLate(connectToken(r), sid, ch)
@@ -198,6 +203,8 @@ func (s *Server) attach(sess *lease.Session, ch lease.Channel) (backend, error) 
 				With("sandbox", sess.Snapshot.Sandbox)
 		}
 		return &stdioBackend{s: s, workload: wl}, nil
+	case lease.Files:
+		return s.attachFiles(sess)
 	case lease.CDP, lease.Page:
 		return s.attachBrowser(sess, ch)
 	}
@@ -243,6 +250,11 @@ func (s *Server) closeConn(ctx context.Context, conn *websocket.Conn, err error)
 func isPeerGone(err error) bool {
 	return websocket.CloseStatus(err) != -1 || errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "EOF") ||
 		strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "broken pipe")
+}
+
+// isUpgrade reports whether r asks for a WebSocket.
+func isUpgrade(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
 }
 
 // connectToken takes the connect token from ?token= or, for clients that

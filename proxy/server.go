@@ -46,6 +46,9 @@ type Options struct {
 	// negative disables pings. PingTimeout is how long a pong may take;
 	// zero means 15 s.
 	PingInterval, PingTimeout time.Duration
+	// MaxFileSize bounds one upload through the files channel; zero means
+	// 16 GiB.
+	MaxFileSize int64
 	// Stdio tunes the stdio channel's slow-consumer rule (SPEC §5.1):
 	// zero values mean a 1 MiB backlog and a 5 s grace.
 	Stdio channels.StdioOptions
@@ -85,6 +88,7 @@ type Server struct {
 	pingInterval time.Duration
 	pingTimeout  time.Duration
 	stdio        channels.StdioOptions
+	maxFileSize  int64
 
 	// beforeCommit, when set by a test, runs between authorization and
 	// commit of an open (SPEC §4.1 step 8's window).
@@ -102,7 +106,7 @@ func New(o Options) *Server {
 	}
 	s.conns = newRegistry(o.MaxConnsPerSession)
 	s.openCounts = newOpenCounts(o.Sessions, time.Second)
-	s.pingInterval, s.pingTimeout, s.stdio = o.PingInterval, o.PingTimeout, o.Stdio
+	s.pingInterval, s.pingTimeout, s.stdio, s.maxFileSize = o.PingInterval, o.PingTimeout, o.Stdio, o.MaxFileSize
 	if s.pingInterval == 0 {
 		s.pingInterval = 30 * time.Second
 	}
@@ -152,12 +156,16 @@ func (s *Server) SessionExpired(sess *lease.Session, at time.Time) {
 }
 
 func (s *Server) routes() http.Handler {
-	r := mux.NewRouter()
+	// SkipClean: the files face needs the raw path ("a/../b" is the
+	// adapter's to judge, never a redirect).
+	r := mux.NewRouter().SkipClean(true)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNotFoundRoute) })
 	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errMethod) })
 
 	s.browserRoutes(r)
-	r.HandleFunc("/v1/connect/{session}/{channel}", s.connect).Methods(http.MethodGet)
+	r.HandleFunc("/v1/connect/{session}/files/{path:.*}", s.filesHTTP).
+		Methods(http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete)
+	r.HandleFunc("/v1/connect/{session}/{channel}", s.connect).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/healthz", s.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", s.readyz).Methods(http.MethodGet)
 	r.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)

@@ -17,6 +17,8 @@ const usage = `usage:
   gateway sessions open|get|list|close client commands against a running gateway
   gateway attach SESSION | --service NAME | --sandbox ID
                                        attach this terminal to a workload's stdio
+  gateway cp LOCAL SESSION:PATH | SESSION:PATH LOCAL
+                                       copy a file into or out of a session's sandbox
 
 Run "gateway COMMAND -h" for the flags of a command. Every serve flag can
 also be set as NIMBUS_<FLAG> (e.g. NIMBUS_DATA_DIR).
@@ -46,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = sessions(rest, stdout, stderr)
 	case "attach":
 		err = attach(rest, stdout, stderr)
+	case "cp":
+		err = cp(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

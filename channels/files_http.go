@@ -1,0 +1,278 @@
+package channels
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+
+	"github.com/nimbus/gateway/problem"
+)
+
+// FilesHTTP serves the HTTP face of the files channel for one request.
+// path is the request's path inside the root (already cut from
+// /v1/connect/{sid}/files/ and URL-decoded; "" or "/" is the root).
+//
+//   - GET/HEAD on a file streams it (Range, Content-Length, ETag,
+//     Last-Modified, If-None-Match…) as application/octet-stream; on a
+//     directory it answers a JSON listing {"entries": […], "truncated"};
+//     with ?stat=true it answers the entry of path itself (not following a
+//     final symlink).
+//   - PUT streams the body to a temp file in the target's directory
+//     (creating missing parents), fsyncs it and renames it into place only
+//     when complete and, when Content-Length was given, of that length;
+//     over MaxFileSize it is payload_too_large. ?mode=0644 sets the mode
+//     (default: the replaced file's, else 0644). Answers 201 (created) or
+//     200 (replaced) with {"path", "bytes", "sha256"}.
+//   - DELETE removes a file, symlink or empty directory, or a tree with
+//     ?recursive=true. Answers 204.
+//
+// On a failure before anything was written FilesHTTP returns a
+// *problem.Error and writes nothing (for method_not_allowed it sets the
+// Allow header): the caller writes the problem+json. Once the answer has
+// started it returns the error for logging only. Two answers are written
+// by net/http itself: 304 Not Modified and 416 Range Not Satisfiable
+// (with Content-Range: bytes */size), both by http.ServeContent.
+func FilesHTTP(w http.ResponseWriter, r *http.Request, root, path string, o FilesOptions) error {
+	if o.MaxFileSize <= 0 {
+		o.MaxFileSize = filesDefaultMax
+	}
+	name, perr := filesPath(path)
+	if perr != nil {
+		return perr
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete:
+	default:
+		w.Header().Set("Allow", "GET, HEAD, PUT, DELETE")
+		return problem.New(problem.MethodNotAllowed, "the files channel takes GET, HEAD, PUT and DELETE")
+	}
+	rt, err := os.OpenRoot(root)
+	if err != nil {
+		return problem.Wrap(problem.BadGateway, err, "sandbox file root unavailable")
+	}
+	defer rt.Close()
+	h := filesHTTP{w: w, r: r, root: rt, path: path, name: name, opt: o}
+	switch r.Method {
+	case http.MethodPut:
+		return h.put()
+	case http.MethodDelete:
+		return h.delete()
+	default:
+		return h.get()
+	}
+}
+
+// filesHTTP is one request of the HTTP face.
+type filesHTTP struct {
+	w    http.ResponseWriter
+	r    *http.Request
+	root *os.Root
+	path string // the client's spelling
+	name string // relative to the root
+	opt  FilesOptions
+}
+
+func (h *filesHTTP) get() error {
+	q := h.r.URL.Query()
+	if stat, perr := boolParam(q.Get("stat"), "stat"); perr != nil {
+		return perr
+	} else if stat {
+		e, perr := statEntry(h.root, h.path, h.name)
+		if perr != nil {
+			return perr
+		}
+		return h.writeJSON(http.StatusOK, e)
+	}
+	f, err := h.root.Open(h.name)
+	if err != nil {
+		return filesError(h.path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return filesError(h.path, err)
+	}
+	switch {
+	case fi.IsDir():
+		entries, truncated, perr := listDir(h.root, h.path, h.name)
+		if perr != nil {
+			return perr
+		}
+		return h.writeJSON(http.StatusOK, filesListing{Entries: entries, Truncated: truncated})
+	case !fi.Mode().IsRegular():
+		return problem.New(problem.InvalidArgument, "%s: not a regular file", h.path)
+	}
+	hd := h.w.Header()
+	hd.Set("ETag", etag(fi))
+	// Never let a browser render a workload's file as a page of the
+	// gateway's origin.
+	hd.Set("Content-Type", "application/octet-stream")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	cw := &countingWriter{ResponseWriter: h.w, onBytes: h.opt.OnBytes}
+	http.ServeContent(cw, h.r, "", fi.ModTime(), f)
+	return nil
+}
+
+// filesListing is the JSON answer for a directory.
+type filesListing struct {
+	Entries   []fileEntry `json:"entries"`
+	Truncated bool        `json:"truncated"`
+}
+
+func (h *filesHTTP) put() error {
+	size := h.r.ContentLength // -1 when unknown
+	if size > h.opt.MaxFileSize {
+		return problem.New(problem.PayloadTooLarge, "%s: %d bytes is over the %d-byte file limit", h.path, size, h.opt.MaxFileSize).With("limit", h.opt.MaxFileSize)
+	}
+	existed := false
+	if fi, err := h.root.Stat(h.name); err == nil && !fi.IsDir() {
+		existed = true
+	}
+	u, perr := beginUpload(h.root, h.path, size, h.opt.MaxFileSize, h.r.URL.Query().Get("mode"))
+	if perr != nil {
+		return perr
+	}
+	bp := filesBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(onlyWriter{u}, h.r.Body, (*bp)[:filesChunk])
+	filesBufs.Put(bp)
+	if h.opt.OnBytes != nil && n > 0 {
+		h.opt.OnBytes("in", int(n))
+	}
+	if err != nil {
+		u.abort()
+		var werr *uploadWriteError
+		if errors.As(err, &werr) {
+			return u.writeError(werr.err)
+		}
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return problem.New(problem.PayloadTooLarge, "%s: request body over its limit", h.path)
+		}
+		// The client went away or sent less than its Content-Length.
+		return problem.Wrap(problem.InvalidArgument, err, h.path+": upload cut off")
+	}
+	res, perr := u.commit()
+	if perr != nil {
+		return perr
+	}
+	if res.fi != nil {
+		h.w.Header().Set("ETag", etag(res.fi))
+	}
+	status := http.StatusCreated
+	if existed {
+		status = http.StatusOK
+	}
+	return h.writeJSON(status, struct {
+		Path   string `json:"path"`
+		Bytes  int64  `json:"bytes"`
+		SHA256 string `json:"sha256"`
+	}{"/" + trimDot(h.name), res.Bytes, res.SHA256})
+}
+
+func (h *filesHTTP) delete() error {
+	recursive, perr := boolParam(h.r.URL.Query().Get("recursive"), "recursive")
+	if perr != nil {
+		return perr
+	}
+	name, perr := filesLeaf(h.path)
+	if perr != nil {
+		return perr
+	}
+	if perr := removePath(h.root, h.path, name, recursive); perr != nil {
+		return perr
+	}
+	h.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (h *filesHTTP) writeJSON(status int, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return problem.Wrap(problem.Internal, err, "encode answer")
+	}
+	hd := h.w.Header()
+	hd.Set("Content-Type", "application/json")
+	hd.Set("Content-Length", strconv.Itoa(len(b)))
+	h.w.WriteHeader(status)
+	if h.r.Method == http.MethodHead {
+		return nil
+	}
+	_, err = h.w.Write(b)
+	return err
+}
+
+func boolParam(v, field string) (bool, *problem.Error) {
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, problem.New(problem.InvalidArgument, "%s must be true or false", field).With("field", field)
+	}
+	return b, nil
+}
+
+func trimDot(name string) string {
+	if name == "." {
+		return ""
+	}
+	return name
+}
+
+// onlyWriter hides upload's other methods from io.Copy and tells the
+// upload's own failures from the body's.
+type onlyWriter struct{ u *upload }
+
+func (w onlyWriter) Write(p []byte) (int, error) {
+	n, err := w.u.Write(p)
+	if err != nil {
+		err = &uploadWriteError{err}
+	}
+	return n, err
+}
+
+type uploadWriteError struct{ err error }
+
+func (e *uploadWriteError) Error() string { return e.err.Error() }
+func (e *uploadWriteError) Unwrap() error { return e.err }
+
+// countingWriter reports the bytes of a response body to onBytes. It
+// implements io.ReaderFrom so http.ServeContent still reaches net/http's
+// sendfile path: a download does not pass through user-space buffers.
+type countingWriter struct {
+	http.ResponseWriter
+	onBytes func(dir string, n int)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.count(int64(n))
+	return n, err
+}
+
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	var n int64
+	var err error
+	if rf, ok := c.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(onlyWriterOf{c.ResponseWriter}, r)
+	}
+	c.count(n)
+	return n, err
+}
+
+func (c *countingWriter) count(n int64) {
+	if c.onBytes != nil && n > 0 {
+		c.onBytes("out", int(n))
+	}
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// onlyWriterOf hides everything but Write (no ReaderFrom recursion).
+type onlyWriterOf struct{ io.Writer }

@@ -1,0 +1,95 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/gorilla/mux"
+	"go.uber.org/zap"
+
+	"github.com/nimbus/gateway/channels"
+	"github.com/nimbus/gateway/lease"
+	"github.com/nimbus/gateway/problem"
+)
+
+// filesBackend serves the files channel of a sandbox's file root.
+type filesBackend struct {
+	s    *Server
+	root string
+}
+
+func (b *filesBackend) protocols() []string { return []string{channels.FilesProtocol} }
+
+func (b *filesBackend) serve(ctx context.Context, conn *websocket.Conn) error {
+	return channels.ServeFiles(ctx, conn, b.root, b.s.filesOptions())
+}
+
+func (b *filesBackend) release() {}
+
+func (s *Server) filesOptions() channels.FilesOptions {
+	return channels.FilesOptions{
+		MaxFileSize: s.maxFileSize,
+		OnBytes:     func(dir string, n int) { s.metrics.bytes.WithLabelValues("files", dir).Add(float64(n)) },
+	}
+}
+
+// attachFiles finds the file root of a session's sandbox.
+func (s *Server) attachFiles(sess *lease.Session) (*filesBackend, error) {
+	sb, err := s.catalog.GetSandbox(context.Background(), sess.TenantID, sess.Snapshot.Sandbox)
+	if err != nil || sb.Root == "" {
+		return nil, problem.New(problem.BadGateway, "the file root of sandbox %s is not available", sess.Snapshot.Sandbox).
+			With("sandbox", sess.Snapshot.Sandbox)
+	}
+	return &filesBackend{s: s, root: sb.Root}, nil
+}
+
+// filesHTTP is the plain-HTTP face of the files channel (SPEC §5.2):
+// GET/HEAD/PUT/DELETE /v1/connect/{session}/files/{path}, authorized by a
+// files connect token. A transfer is a connection like any other: it
+// counts against the session's limit and is cut when the session ends.
+func (s *Server) filesHTTP(w http.ResponseWriter, r *http.Request) {
+	sid := mux.Vars(r)["session"]
+	s.serveFilesHTTP(w, r, sid, mux.Vars(r)["path"])
+}
+
+func (s *Server) serveFilesHTTP(w http.ResponseWriter, r *http.Request, sid, path string) {
+	claims, err := s.connectKeys.VerifyForLate(connectToken(r), sid, string(lease.Files))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sess, be, adm, err := s.admit(r, claims, lease.Files)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer adm.unregister()
+	defer be.release()
+	fb := be.(*filesBackend)
+
+	// The session's end cuts the transfer: deadlines in the past make the
+	// body read or the response write in progress fail at once.
+	rc := http.NewResponseController(w)
+	stop := context.AfterFunc(adm.ctx, func() {
+		now := time.Now()
+		_ = rc.SetReadDeadline(now)
+		_ = rc.SetWriteDeadline(now)
+	})
+	defer stop()
+	s.metrics.conns.WithLabelValues("files").Inc()
+	defer s.metrics.conns.WithLabelValues("files").Dec()
+
+	err = channels.FilesHTTP(w, r.WithContext(adm.ctx), fb.root, path, s.filesOptions())
+	var pe *problem.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &pe):
+		s.writeError(w, r, pe)
+	default:
+		s.log.Info("files transfer ended early", zap.String("sessionId", sess.ID),
+			zap.String("requestId", requestID(r.Context())), zap.Error(err))
+	}
+}
