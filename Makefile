@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 # Node suites: each directory's `npm test` (after `npm ci`, which .ci/run does).
-NODE_SUITES := $(wildcard sdk/typescript/package.json e2e/browser/package.json)
+NODE_SUITES := $(wildcard sdk/typescript/package.json examples/web-terminal/package.json e2e/browser/package.json)
 
 .PHONY: test check vet race node build bench fuzz docker
 
