@@ -33,10 +33,6 @@ const (
 	// the frame it is writing and the close handshake before its TCP
 	// connection is cut (SPEC §5: one second).
 	closeLinger = time.Second
-	// smallChunk: output up to this size is copied behind its stream byte
-	// and sent as one frame; larger chunks are streamed with Writer so the
-	// data is never copied (the copy would cost more than the frames).
-	smallChunk = 16 << 10
 	// maxTermSize bounds the cols and rows of a resize.
 	maxTermSize = 10000
 )
@@ -221,13 +217,17 @@ func (s *stdio) output(stop, wctx context.Context, sub *targets.Subscription) er
 	}
 }
 
-// writeBatch writes the chunks Next returned, each as one message. It
-// stops early when stop ends (returning its cause) or when the watchdog
-// presumes the hub dropped this client, which it then asks the hub.
+// writeBatch writes the chunks Next returned, coalescing runs of the same
+// stream into messages of up to maxOutMessage: one frame and one write
+// per message instead of one per read of the workload's pipe. It stops
+// early when stop ends (returning its cause) or when the watchdog presumes
+// the hub dropped this client, which it then asks the hub.
 func (s *stdio) writeBatch(stop, wctx context.Context, sub *targets.Subscription, batch []targets.Chunk) error {
 	s.watch.begin()
 	defer s.watch.end()
-	for i := 0; i < len(batch); i++ {
+	bp := outBufs.Get().(*[]byte)
+	defer outBufs.Put(bp)
+	for i := 0; i < len(batch); {
 		if stop.Err() != nil {
 			return context.Cause(stop)
 		}
@@ -241,17 +241,37 @@ func (s *stdio) writeBatch(stop, wctx context.Context, sub *targets.Subscription
 			batch = more
 			s.watch.begin()
 		}
-		c := batch[i]
-		if err := s.writeChunk(wctx, c); err != nil {
+		stream := batch[i].Stream
+		msg := append((*bp)[:0], stream)
+		n := 0
+		for ; i < len(batch) && batch[i].Stream == stream; i++ {
+			if n > 0 && len(msg)+len(batch[i].Data) > maxOutMessage {
+				break
+			}
+			msg = append(msg, batch[i].Data...)
+			n += len(batch[i].Data)
+			batch[i] = targets.Chunk{} // let the data go
+		}
+		*bp = msg
+		if err := s.conn.Write(wctx, websocket.MessageBinary, msg); err != nil {
 			return s.writeErr(wctx, err)
 		}
 		if s.opt.OnBytes != nil {
-			s.opt.OnBytes("out", len(c.Data))
+			s.opt.OnBytes("out", n)
 		}
-		batch[i] = targets.Chunk{} // let the data go
 	}
 	return nil
 }
+
+// maxOutMessage bounds a coalesced output message (stream byte included).
+const maxOutMessage = 1 << 20
+
+// outBufs holds the buffers output messages are built in, shared by all
+// connections so an idle one holds none.
+var outBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, maxOutMessage)
+	return &b
+}}
 
 // probeCtx is a cancelled context: Subscription.Next under it does not
 // wait.
@@ -268,26 +288,6 @@ func (s *stdio) writeErr(wctx context.Context, err error) error {
 		return Close(StatusSlowConsumer, "slow consumer")
 	}
 	return errClientGone
-}
-
-// writeChunk writes c as one message: its stream byte, then its data.
-func (s *stdio) writeChunk(ctx context.Context, c targets.Chunk) error {
-	if len(c.Data) <= smallChunk {
-		s.buf = append(append(s.buf[:0], c.Stream), c.Data...)
-		return s.conn.Write(ctx, websocket.MessageBinary, s.buf)
-	}
-	mw, err := s.conn.Writer(ctx, websocket.MessageBinary)
-	if err != nil {
-		return err
-	}
-	s.buf = append(s.buf[:0], c.Stream)
-	if _, err := mw.Write(s.buf); err != nil {
-		return err
-	}
-	if _, err := mw.Write(c.Data); err != nil {
-		return err
-	}
-	return mw.Close()
 }
 
 func (s *stdio) writeControl(ctx context.Context, v any) error {

@@ -22,10 +22,12 @@ import (
 // The local provider runs a sandbox's workload as a child process of the
 // gateway, in the sandbox root.
 const (
-	// readSize is the output readers' buffer: large reads keep the
-	// per-chunk cost (one allocation, one copy, one fan-out) small next
-	// to the bytes moved.
-	readSize = 64 << 10
+	// readSize bounds one read of an output stream: large reads keep the
+	// per-chunk cost (a syscall, a fan-out) small next to the bytes moved.
+	readSize = 256 << 10
+	// slabSize is the allocation output is read into; chunks are slices
+	// of it. The ring may pin one slab per stream of an idle workload.
+	slabSize = 1 << 20
 	// pipeSize is the kernel buffer asked for on output pipes.
 	pipeSize = 1 << 20
 	// defaultDrain bounds how long the readers keep draining after the
@@ -192,16 +194,22 @@ func growPipe(f *os.File) {
 	}
 }
 
-// read copies one output stream into the hub until EOF. It never waits for
-// subscribers. Each read is copied once into a chunk of its exact size,
-// which the ring and every subscriber then share.
+// read moves one output stream into the hub until EOF. It never waits for
+// subscribers. The pipe is read straight into a slab, and each chunk is
+// the slab's slice of that read (capped, so nobody can append into the
+// next one), shared read-only by the ring and every subscriber: no copy.
+// A new slab is taken when too little of the current one is left.
 func (w *Workload) read(f *os.File, stream byte) {
 	defer w.readers.Done()
-	buf := make([]byte, readSize)
+	var slab []byte
 	for {
-		n, err := f.Read(buf)
+		if len(slab) < readSize/4 {
+			slab = make([]byte, slabSize)
+		}
+		n, err := f.Read(slab[:min(len(slab), readSize)])
 		if n > 0 {
-			w.hub.publish(Chunk{Stream: stream, Data: bytes.Clone(buf[:n])})
+			w.hub.publish(Chunk{Stream: stream, Data: slab[:n:n]})
+			slab = slab[n:]
 		}
 		if err != nil {
 			// EOF on a pipe; EIO on a PTY master once the slave side is
