@@ -27,11 +27,16 @@ node:
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/gateway ./cmd/gateway
 
-## bench: reproduces every figure in BENCHMARKS.md.
+## bench: reproduces every figure in BENCHMARKS.md (needs PostgreSQL and Chromium, as make test does).
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3000x -count 1 ./proxy/
-	$(GO) test -run '^$$' -bench . -count 1 ./store/ ./authn/
-	$(GO) test -run '^TestExpiryDisconnects200$$' -count 1 -v ./proxy/ | grep -E 'lag|ok'
+	$(GO) test -run '^$$' -bench '^BenchmarkOpen$$' -benchtime 3000x -count 1 ./proxy/
+	$(GO) test -run '^$$' -bench '^BenchmarkCreateSession' -benchtime 3s -count 1 ./store/
+	$(GO) test -run '^TestExpiryDisconnects200$$' -count 1 -v ./proxy/ | grep -E 'lag|^ok'
+	$(GO) test -run '^$$' -bench '^BenchmarkCrossReplicaClose$$' -benchtime 200x -count 1 ./cmd/gateway/
+	$(GO) test -run '^$$' -bench '^BenchmarkStdioThroughput$$' -benchtime 1x -count 3 ./channels/
+	$(GO) test -run '^$$' -bench '^BenchmarkIdleStdioMemory$$' -benchtime 1x -count 1 ./cmd/gateway/
+	$(GO) test -run '^$$' -bench '^BenchmarkFiles$$' -benchtime 3x -count 1 ./proxy/
+	$(GO) test -run '^$$' -bench '^Benchmark(CDP|Browser)' -count 1 ./proxy/
 
 ## fuzz: each fuzz target for FUZZTIME (default 60s).
 FUZZTIME ?= 60s

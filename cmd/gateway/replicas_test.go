@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -82,4 +83,53 @@ func TestCrossReplicaClose(t *testing.T) {
 	}
 	id, conn = onB()
 	t.Logf("after the listeners were killed: close on A → 4410 on B in %v", closeOnA(id, conn))
+}
+
+// BenchmarkCrossReplicaClose measures close-to-disconnect latency across
+// replicas: a session opened and closed through replica A, its stdio
+// connection on replica B, timed from the close call to B's 4410.
+func BenchmarkCrossReplicaClose(b *testing.B) {
+	pg := pgtest.Start(b)
+	dir := b.TempDir()
+	withStore := func(c *serveConfig) { c.store = pg }
+	ga := startGateway(b, dir, withStore)
+	defer ga.stop()
+	gb := startGateway(b, dir, withStore)
+	defer gb.stop()
+	ca := client.New(ga.URL, "demo", devToken(b, dir, false))
+	ctx := context.Background()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		s, err := ca.Open(ctx, client.OpenRequest{Target: client.ServiceTarget("worker"), Channels: []string{"stdio"}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		u, _ := url.Parse(s.Status.Connect["stdio"])
+		u.Host = gb.URL[len("http://"):]
+		conn, err := client.DialStdio(ctx, u.String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		start := time.Now()
+		if _, err := ca.Close(ctx, s.Metadata.ID, "bench"); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			if _, _, err := conn.Next(ctx); err != nil {
+				break
+			}
+		}
+		lat = append(lat, time.Since(start))
+		if code, _ := conn.CloseStatus(); code != 4410 {
+			b.Fatalf("close code %d", code)
+		}
+		conn.Close()
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[min(len(lat)-1, len(lat)*99/100)].Microseconds()), "p99-µs")
 }

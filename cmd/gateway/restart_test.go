@@ -41,7 +41,7 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-func startGateway(t *testing.T, dataDir string, extra ...func(*serveConfig)) *gateway {
+func startGateway(t testing.TB, dataDir string, extra ...func(*serveConfig)) *gateway {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
