@@ -2,32 +2,345 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
 
+	"github.com/coder/websocket"
 	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 
+	"github.com/nimbus/gateway/channels"
 	"github.com/nimbus/gateway/lease"
 	"github.com/nimbus/gateway/problem"
+	"github.com/nimbus/gateway/targets"
 )
 
-// The browser service (SPEC §2, §5.3). Until the browser pool lands, a
-// gateway has no browsers: opens on the browser service stop at
-// provisioning with 503, as SPEC §4.1 step 7 says.
+// The browser service (SPEC §2, §5.3): each session on it holds a
+// Chromium of its own from the pool, from the open (step 7) until the
+// session ends. The cdp channel is that browser's browser-level CDP, the
+// page channel the page-level CDP of one page created at open; the
+// DevTools discovery endpoints (/json/version…) answer with URLs that
+// point back at the gateway.
+
+// backendPrefix starts sess.Snapshot.Backend for a browser session:
+// "chromium:<browser id>", then " page:<target id>" when the session has
+// the page channel. The snapshot is the session's only state: a
+// connection finds the browser by session id and checks it is the one
+// recorded.
+const (
+	backendPrefix = "chromium:"
+	pageMarker    = " page:"
+)
 
 // provisionBrowser is step 7 of an open on the browser service: it takes a
-// browser of the session's own and records it in sess.Snapshot.Backend.
+// browser of the session's own and records it in sess.Snapshot.Backend;
+// with the page channel, it also creates the session's page.
 func (s *Server) provisionBrowser(ctx context.Context, sess *lease.Session) error {
-	return problem.New(problem.Unavailable, "the browser pool is not running on this gateway")
+	if s.browsers == nil {
+		return problem.New(problem.Unavailable, "the browser service is not running on this gateway (no Chromium)")
+	}
+	b, err := s.browsers.Acquire(ctx, sess.ID, sess.ExpiresAt)
+	if err != nil {
+		return err
+	}
+	sess.Snapshot.Backend = backendPrefix + b.ID
+	if sess.HasChannel(lease.Page) {
+		id, err := b.NewPage(ctx)
+		if err != nil {
+			s.browsers.Release(sess.ID)
+			return problem.Wrap(problem.Unavailable, err, "creating the session's page failed")
+		}
+		sess.Snapshot.Backend += pageMarker + id
+	}
+	return nil
 }
 
-// releaseBrowser ends the browser of a session, if it has one. It is
-// called when the session ends (close, expiry) or its open failed.
-func (s *Server) releaseBrowser(sessionID string) {}
+// releaseBrowser ends the browser of a session, if it has one: its whole
+// process group is killed and its profile removed. It is called when the
+// session ends (close, recorded expiry) or its open failed; the pool also
+// does it by itself at expiresAt.
+func (s *Server) releaseBrowser(sessionID string) {
+	if s.browsers != nil {
+		s.browsers.Release(sessionID)
+	}
+}
 
-// attachBrowser finds the browser of a session for the cdp and page
-// channels, before the upgrade.
+// attachBrowser dials the session's browser for the cdp channel (its
+// browser-level endpoint) or the page channel (its page's endpoint),
+// before the upgrade: a dead browser is a 502.
 func (s *Server) attachBrowser(sess *lease.Session, ch lease.Channel) (backend, error) {
-	return nil, problem.New(problem.Unavailable, "channel %s is not served by this gateway", ch).With("channel", ch)
+	b, err := s.sessionBrowser(sess)
+	if err != nil {
+		return nil, err
+	}
+	switch ch {
+	case lease.CDP:
+		return s.dialBrowser(sess, b, string(ch), b.WebSocketDebuggerURL)
+	case lease.Page:
+		_, page, ok := strings.Cut(sess.Snapshot.Backend, pageMarker)
+		if !ok {
+			return nil, problem.New(problem.BadGateway, "session %s has no page", sess.ID)
+		}
+		return s.dialBrowser(sess, b, string(ch), b.PageWebSocketURL(page))
+	}
+	return nil, problem.New(problem.ChannelUnsupported, "the browser service does not offer channel %s", ch)
 }
 
-// browserRoutes adds the CDP discovery endpoints.
-func (s *Server) browserRoutes(r *mux.Router) {}
+// sessionBrowser is the live browser recorded in sess's snapshot.
+func (s *Server) sessionBrowser(sess *lease.Session) (*targets.Browser, error) {
+	if s.browsers == nil {
+		return nil, problem.New(problem.Unavailable, "the browser service is not running on this gateway")
+	}
+	want, _, _ := strings.Cut(strings.TrimPrefix(sess.Snapshot.Backend, backendPrefix), pageMarker)
+	b, ok := s.browsers.Lookup(sess.ID)
+	if !ok || b.ID != want {
+		return nil, problem.New(problem.BadGateway, "the browser of session %s is gone", sess.ID)
+	}
+	select {
+	case <-b.Done():
+		return nil, problem.New(problem.BadGateway, "the browser of session %s has died", sess.ID)
+	default:
+	}
+	return b, nil
+}
+
+// dialBrowser connects to a DevTools endpoint of b.
+func (s *Server) dialBrowser(sess *lease.Session, b *targets.Browser, ch, upstreamURL string) (*cdpBackend, error) {
+	up, err := channels.DialCDP(context.Background(), upstreamURL)
+	if errors.Is(err, channels.ErrNoSuchTarget) {
+		return nil, problem.New(problem.NotFound, "the browser of session %s has no such target", sess.ID)
+	}
+	if err != nil {
+		return nil, problem.Wrap(problem.BadGateway, err, "the browser of session "+sess.ID+" did not answer")
+	}
+	return &cdpBackend{s: s, browser: b, up: up, channel: ch, expiresAt: sess.ExpiresAt}, nil
+}
+
+// cdpBackend is a client attached to a DevTools endpoint of its
+// session's browser.
+type cdpBackend struct {
+	// Static after attach.
+	s         *Server
+	browser   *targets.Browser
+	up        *websocket.Conn
+	channel   string
+	expiresAt time.Time
+}
+
+// protocols: CDP clients ask for no subprotocol.
+func (b *cdpBackend) protocols() []string { return nil }
+
+func (b *cdpBackend) serve(ctx context.Context, conn *websocket.Conn) error {
+	// A browser that dies closes its sockets, which the relay sees; this
+	// also covers one that dies with the connection idle in a way the
+	// kernel does not report (a hung, then killed, process group).
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(b.browser.Context(), func() { cancel(errBrowserGone) })
+	defer stop()
+	err := channels.RelayCDP(ctx, conn, b.up, channels.CDPOptions{
+		OnBytes: func(dir string, n int) { b.s.metrics.bytes.WithLabelValues(b.channel, dir).Add(float64(n)) },
+	})
+	// The pool kills a browser at its session's expiresAt, the instant
+	// the connection's deadline fires too: whichever is seen first, the
+	// client is told the session expired.
+	if ce, ok := channels.AsClose(err); ok && ce.Code == channels.StatusTargetUnavailable && !time.Now().Before(b.expiresAt) {
+		err = causeExpired
+	}
+	return err
+}
+
+func (b *cdpBackend) release() { _ = b.up.CloseNow() }
+
+var errBrowserGone = channels.Close(channels.StatusTargetUnavailable, "target unavailable")
+
+// browserRoutes adds the CDP discovery endpoints and the page-level
+// endpoints that /json/list points at; the metrics of the pool come
+// along.
+func (s *Server) browserRoutes(r *mux.Router) {
+	for _, p := range []string{"/json/version", "/json/version/", "/json/list", "/json/list/", "/json", "/json/", "/json/protocol", "/json/protocol/"} {
+		r.HandleFunc("/v1/connect/{session}/cdp"+p, s.cdpDiscovery).Methods(http.MethodGet)
+	}
+	// Playwright before 1.46 appended "/json/version/" to the endpoint
+	// string, query included: …/cdp?token=T/json/version/.
+	r.HandleFunc("/v1/connect/{session}/cdp", s.cdpDiscovery).Methods(http.MethodGet).
+		MatcherFunc(func(r *http.Request, _ *mux.RouteMatch) bool { return !isUpgrade(r) })
+	r.HandleFunc("/v1/connect/{session}/cdp/devtools/page/{target}", s.connectPage).Methods(http.MethodGet)
+	if s.browsers != nil {
+		s.registry.MustRegister(browserCollector{s.browsers})
+	}
+}
+
+// cdpDiscovery is GET /v1/connect/{session}/cdp/json/…, authorized by the
+// session's cdp connect token: Chromium's answer with every
+// webSocketDebuggerUrl pointing back at the gateway, signed with the same
+// token, so that connectOverCDP("http://…/cdp?token=…") works.
+func (s *Server) cdpDiscovery(w http.ResponseWriter, r *http.Request) {
+	sid := mux.Vars(r)["session"]
+	tok := connectToken(r)
+	if strings.HasSuffix(r.URL.Path, "/cdp") {
+		var suffix string
+		if tok, suffix = cutDiscoverySuffix(tok); suffix == "" {
+			s.writeError(w, r, problem.New(problem.InvalidArgument, "this is a WebSocket endpoint; use an upgrade, or /json/version"))
+			return
+		}
+		r = r.Clone(r.Context())
+		r.URL.Path += suffix
+	}
+	claims, err := s.connectKeys.VerifyFor(tok, sid, string(lease.CDP))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sess, err := s.sessions.GetSession(r.Context(), claims.Tenant, sid)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if st := sess.StateAt(s.now()); st != lease.Open {
+		s.writeError(w, r, errNotOpen(sess.ID, st))
+		return
+	}
+	b, err := s.sessionBrowser(sess)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	base := s.wsBase(r) + "/v1/connect/" + sid + "/cdp"
+	q := "?token=" + url.QueryEscape(tok)
+	rewrite := func(upstream string) (string, error) {
+		u, err := url.Parse(upstream)
+		if err != nil {
+			return "", nil
+		}
+		if strings.HasPrefix(u.Path, "/devtools/browser/") {
+			return base + q, nil
+		}
+		if id, ok := strings.CutPrefix(u.Path, "/devtools/page/"); ok && validTargetID(id) {
+			return base + "/devtools/page/" + id + q, nil
+		}
+		return "", nil // nothing the gateway serves
+	}
+	if err := channels.CDPDiscovery(w, r, b.HTTPURL(), rewrite); err != nil {
+		s.writeError(w, r, err)
+	}
+}
+
+// cutDiscoverySuffix splits a token that a client glued a discovery path
+// to (see browserRoutes).
+func cutDiscoverySuffix(tok string) (string, string) {
+	for _, suffix := range []string{"/json/version/", "/json/version", "/json/list/", "/json/list", "/json/protocol/", "/json/protocol", "/json/", "/json"} {
+		if t, ok := strings.CutSuffix(tok, suffix); ok {
+			return t, suffix
+		}
+	}
+	return tok, ""
+}
+
+// connectPage is GET /v1/connect/{session}/cdp/devtools/page/{target},
+// the page-level endpoints /json/list points at, authorized by the cdp
+// token: a connection to one target of the session's own browser (a
+// target of any other browser is not found). It is the connect handler
+// with another backend.
+func (s *Server) connectPage(w http.ResponseWriter, r *http.Request) {
+	sid, target := mux.Vars(r)["session"], mux.Vars(r)["target"]
+	claims, err := s.connectKeys.VerifyForLate(connectToken(r), sid, string(lease.CDP))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ev := &auditEvent{lease.Event{
+		ID: lease.NewEventID(), Time: lease.Millis(s.now()), TenantID: claims.Tenant, Principal: "connect-token",
+		Action: lease.ActionConnect, Outcome: lease.Success, SessionID: sid,
+		RequestID: requestID(r.Context()), RemoteAddr: r.RemoteAddr,
+	}}
+	refuse := func(err error) {
+		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
+		s.recordDenied(r.Context(), ev)
+		s.writeError(w, r, err)
+	}
+	if !validTargetID(target) {
+		refuse(problem.New(problem.NotFound, "no target %q", target))
+		return
+	}
+	sess, be, adm, err := s.admit(r, claims, lease.CDP)
+	if err != nil {
+		refuse(err)
+		return
+	}
+	defer adm.unregister()
+	be.release() // the browser-level connection admit made: the page's replaces it
+	cb, ok := be.(*cdpBackend)
+	if !ok {
+		refuse(problem.New(problem.Internal, "session %s is not a browser session", sid))
+		return
+	}
+	pb, err := s.dialBrowser(sess, cb.browser, string(lease.CDP), cb.browser.PageWebSocketURL(target))
+	if err != nil {
+		refuse(err)
+		return
+	}
+	defer pb.release()
+	ev.Principal, ev.Target = sess.CreatedBy, sess.Target.String()
+
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		InsecureSkipVerify: true, // as in connect: the signed URL is the credential
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		s.log.Info("websocket upgrade failed", zap.String("requestId", ev.RequestID), zap.Error(err))
+		return
+	}
+	s.recordConnect(ev)
+	s.metrics.conns.WithLabelValues(string(lease.CDP)).Inc()
+	defer s.metrics.conns.WithLabelValues(string(lease.CDP)).Dec()
+	ctx := adm.ctx
+	stopPing := s.keepAlive(ctx, conn, adm.lc)
+	err = pb.serve(ctx, conn)
+	stopPing()
+	code, reason := s.closeConn(ctx, conn, err)
+	if code == channels.StatusExpired {
+		s.metrics.expiryDisconnectLag.Observe(time.Since(sess.ExpiresAt).Seconds())
+	}
+	s.recordDisconnect(ev, code, reason)
+}
+
+// validTargetID accepts what Chromium uses as target ids (32 hex digits)
+// and nothing that could change the upstream path.
+func validTargetID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// browserCollector exports the pool's state (SPEC §6: browser pool).
+type browserCollector struct{ pool *targets.BrowserPool }
+
+var (
+	browsersLive  = prometheus.NewDesc("nimbus_browsers_live", "Chromium processes running or starting.", nil, nil)
+	browsersWarm  = prometheus.NewDesc("nimbus_browsers_warm", "Idle browsers ready for a session.", nil, nil)
+	browsersInUse = prometheus.NewDesc("nimbus_browsers_in_use", "Browsers held by a session.", nil, nil)
+)
+
+func (c browserCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- browsersLive
+	ch <- browsersWarm
+	ch <- browsersInUse
+}
+
+func (c browserCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.pool.Stats()
+	ch <- prometheus.MustNewConstMetric(browsersLive, prometheus.GaugeValue, float64(st.Live))
+	ch <- prometheus.MustNewConstMetric(browsersWarm, prometheus.GaugeValue, float64(st.Warm))
+	ch <- prometheus.MustNewConstMetric(browsersInUse, prometheus.GaugeValue, float64(st.InUse))
+}

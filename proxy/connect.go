@@ -164,7 +164,12 @@ func (s *Server) admit(r *http.Request, claims *authn.ConnectClaims, ch lease.Ch
 	if claims.Expired {
 		return nil, nil, nil, problem.New(problem.Unauthenticated, "connect token has expired")
 	}
-	be, err := s.attach(sess, ch)
+	var be backend
+	if s.isRemote(sess) {
+		be, err = s.attachRelay(r, sess)
+	} else {
+		be, err = s.attach(sess, ch)
+	}
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -230,6 +235,13 @@ func (s *Server) closeConn(ctx context.Context, conn *websocket.Conn, err error)
 		s.log.Warn("stdio connection failed", zap.Error(err))
 		ce = channels.Close(websocket.StatusInternalError, "internal error")
 	}
+	closeWithin(conn, ce)
+	return ce.Code, ce.Reason
+}
+
+// closeWithin sends ce's close frame and cuts the TCP connection if the
+// client has not completed the handshake within closeHandshakeTimeout.
+func closeWithin(conn *websocket.Conn, ce *channels.CloseError) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -243,7 +255,6 @@ func (s *Server) closeConn(ctx context.Context, conn *websocket.Conn, err error)
 		_ = conn.CloseNow()
 		<-done
 	}
-	return ce.Code, ce.Reason
 }
 
 // isPeerGone reports whether err means the client closed or vanished.

@@ -61,6 +61,10 @@ func (s *Server) serveFilesHTTP(w http.ResponseWriter, r *http.Request, sid, pat
 		s.writeError(w, r, err)
 		return
 	}
+	if cur, err := s.sessions.GetSession(r.Context(), claims.Tenant, sid); err == nil && s.isRemote(cur) {
+		s.proxyFilesToOwner(w, r, cur)
+		return
+	}
 	sess, be, adm, err := s.admit(r, claims, lease.Files)
 	if err != nil {
 		s.writeError(w, r, err)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -52,9 +53,15 @@ type Options struct {
 	// Stdio tunes the stdio channel's slow-consumer rule (SPEC §5.1):
 	// zero values mean a 1 MiB backlog and a 5 s grace.
 	Stdio channels.StdioOptions
+	// Browsers is the browser service's Chromium pool; nil means no
+	// browser service (opens on it fail at provisioning with 503).
+	Browsers *targets.BrowserPool
 
 	// PublicURL is the base of minted connect URLs (e.g.
 	// "https://gw.example.com"); "" derives it from each request's Host.
+	// With replicas it is also this replica's identity: sessions whose
+	// backends run here record it as their owner, and other replicas relay
+	// connects to it.
 	PublicURL string
 
 	// Logger receives request and audit logs; nil discards them.
@@ -70,6 +77,7 @@ type Server struct {
 	// Static after construction.
 	sessions    lease.Store
 	catalog     *targets.Catalog
+	browsers    *targets.BrowserPool
 	tenants     *authn.Verifier
 	connectKeys *authn.ConnectKeys
 	expirer     *lease.Expirer
@@ -102,7 +110,8 @@ func New(o Options) *Server {
 	s := &Server{
 		sessions: o.Sessions, catalog: o.Catalog, tenants: o.Tenants, connectKeys: o.ConnectKeys,
 		expirer: o.Expirer, ping: o.Ping, ttl: o.TTL, maxOpen: o.MaxOpenPerTenant,
-		publicURL: o.PublicURL, log: o.Logger, registry: o.Registry, now: o.Now,
+		publicURL: strings.TrimRight(o.PublicURL, "/"), log: o.Logger, registry: o.Registry, now: o.Now,
+		browsers: o.Browsers,
 	}
 	s.conns = newRegistry(o.MaxConnsPerSession)
 	s.openCounts = newOpenCounts(o.Sessions, time.Second)

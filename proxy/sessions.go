@@ -104,6 +104,11 @@ func (s *Server) open(w http.ResponseWriter, r *http.Request, p *authn.Principal
 		TTL: ttl, ExpiresAt: now.Add(ttl), State: lease.Open,
 		Snapshot: lease.Snapshot{Generation: res.Generation, Backend: res.Backend},
 	}
+	if s.publicURL != "" && (res.Kind == targets.KindSandbox || res.Kind == targets.KindBrowser) {
+		// The workload or browser runs on this replica: its connections
+		// are served here, and other replicas relay to it.
+		sess.Owner = s.publicURL
+	}
 	if res.Service != nil {
 		sess.Snapshot.Service = res.Service.Name
 	}
@@ -347,8 +352,13 @@ func errNotOpen(id string, st lease.State) error {
 
 // connectURLs signs one URL per channel of sess (SPEC §5): a bearer
 // credential for one session and one channel that dies with the session.
+// A session whose backends live on one replica gets URLs of that replica
+// (its --public-url); any replica also relays to it.
 func (s *Server) connectURLs(r *http.Request, sess *lease.Session) (map[string]string, error) {
 	base := s.wsBase(r)
+	if sess.Owner != "" {
+		base = wsURL(sess.Owner)
+	}
 	out := make(map[string]string, len(sess.Channels))
 	for _, c := range sess.Channels {
 		tok, err := s.connectKeys.Sign(authn.ConnectClaims{
@@ -366,20 +376,25 @@ func (s *Server) connectURLs(r *http.Request, sess *lease.Session) (map[string]s
 // the Host the client used, so URLs work through whatever name it dialled.
 func (s *Server) wsBase(r *http.Request) string {
 	if s.publicURL != "" {
-		u := strings.TrimRight(s.publicURL, "/")
-		switch {
-		case strings.HasPrefix(u, "https://"):
-			return "wss://" + strings.TrimPrefix(u, "https://")
-		case strings.HasPrefix(u, "http://"):
-			return "ws://" + strings.TrimPrefix(u, "http://")
-		}
-		return u
+		return wsURL(s.publicURL)
 	}
 	scheme := "ws"
 	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
 		scheme = "wss"
 	}
 	return scheme + "://" + r.Host
+}
+
+// wsURL turns an http(s) base URL into the ws(s) one.
+func wsURL(base string) string {
+	u := strings.TrimRight(base, "/")
+	switch {
+	case strings.HasPrefix(u, "https://"):
+		return "wss://" + strings.TrimPrefix(u, "https://")
+	case strings.HasPrefix(u, "http://"):
+		return "ws://" + strings.TrimPrefix(u, "http://")
+	}
+	return u
 }
 
 // decodeJSON is decodeStrict over a size-limited request body.

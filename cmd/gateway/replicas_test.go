@@ -4,11 +4,13 @@ import (
 	"context"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/nimbus/gateway/authn"
 	"github.com/nimbus/gateway/client"
 	"github.com/nimbus/gateway/store"
 	"github.com/nimbus/gateway/store/pgtest"
@@ -132,4 +134,120 @@ func BenchmarkCrossReplicaClose(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[min(len(lat)-1, len(lat)*99/100)].Microseconds()), "p99-µs")
+}
+
+// TestRelayToOwner: a session's workload runs on the replica that opened
+// it (its --public-url is the session's owner); a stdio connect sent to
+// another replica is relayed there end to end, close code included, and
+// so is the files channel's HTTP face.
+func TestRelayToOwner(t *testing.T) {
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	replica := func(c *serveConfig) { c.store = pg; c.publicURL = "http://" + c.addr }
+	a := startGateway(t, dir, replica)
+	defer a.stop()
+	b := startGateway(t, dir, replica)
+	defer b.stop()
+	key, err := authn.LoadOrCreateDevKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := authn.Mint(key, authn.DevKeyID, authn.MintRequest{Tenant: "demo", Subject: "alice",
+		Sandboxes: []string{"sbx-relay"}, Admin: true, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := client.New(a.URL, "demo", tok)
+	ctx := context.Background()
+	// Created through A, so its workload runs on A only.
+	if err := ca.Do(ctx, "POST", "/v1/tenants/demo/sandboxes", map[string]any{
+		"id": "sbx-relay", "command": []string{"/bin/sh", "-c", `read x; echo "relayed-$x"; exit 4`},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ca.Open(ctx, client.OpenRequest{Target: client.SandboxTarget("sbx-relay"), Channels: []string{"stdio", "files"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := s.Status.Connect["stdio"]; u[:len("ws://"+a.URL[7:])] != "ws://"+a.URL[7:] {
+		t.Fatalf("connect URL %s does not point at the owner %s", u, a.URL)
+	}
+	viaB := func(u string) string {
+		pu, _ := url.Parse(u)
+		pu.Host = b.URL[len("http://"):]
+		return pu.String()
+	}
+	conn, err := client.DialStdio(ctx, viaB(s.Status.Connect["stdio"]))
+	if err != nil {
+		t.Fatalf("stdio through B: %v", err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("x\n")); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		_, data, err := conn.Next(rctx)
+		if err != nil {
+			break
+		}
+		out = append(out, data...)
+	}
+	if string(out) != "relayed-x\n" {
+		t.Fatalf("output through the relay: %q", out)
+	}
+	if code, _, ok := conn.Exit(); !ok || code != 4 {
+		t.Fatalf("exit through the relay: %d %v", code, ok)
+	}
+	if code, _ := conn.CloseStatus(); code != 1000 {
+		t.Fatalf("close code through the relay: %d", code)
+	}
+	// The files channel's HTTP face through B.
+	if _, err := ca.Put(ctx, viaB(s.Status.Connect["files"]), "hello.txt", strings.NewReader("hi"), 2, nil); err != nil {
+		t.Fatalf("upload through B: %v", err)
+	}
+	var got strings.Builder
+	if _, err := ca.Download(ctx, s.Status.Connect["files"], "hello.txt", &got, 0, nil); err != nil || got.String() != "hi" {
+		t.Fatalf("download from A: %q %v", got.String(), err)
+	}
+}
+
+// TestRelayCloseReachesClient: a session closed while a client is
+// attached through a relay gets 4410 on that client.
+func TestRelayCloseReachesClient(t *testing.T) {
+	pg := pgtest.Start(t)
+	dir := t.TempDir()
+	replica := func(c *serveConfig) { c.store = pg; c.publicURL = "http://" + c.addr }
+	a := startGateway(t, dir, replica)
+	defer a.stop()
+	b := startGateway(t, dir, replica)
+	defer b.stop()
+	ca := client.New(a.URL, "demo", devToken(t, dir, false))
+	ctx := context.Background()
+	s, err := ca.Open(ctx, client.OpenRequest{Target: client.ServiceTarget("worker"), Channels: []string{"stdio"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pu, _ := url.Parse(s.Status.Connect["stdio"])
+	pu.Host = b.URL[len("http://"):]
+	conn, err := client.DialStdio(ctx, pu.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := ca.Close(ctx, s.Metadata.ID, "bye"); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		if _, _, err := conn.Next(rctx); err != nil {
+			break
+		}
+	}
+	if code, reason := conn.CloseStatus(); code != 4410 || reason != "session closed: bye" {
+		t.Fatalf("relayed client closed with %d %q", code, reason)
+	}
 }

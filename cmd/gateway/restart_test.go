@@ -48,7 +48,8 @@ func startGateway(t testing.TB, dataDir string, extra ...func(*serveConfig)) *ga
 		t.Fatal(err)
 	}
 	c := serveConfig{addr: ln.Addr().String(), dataDir: dataDir, logLevel: "warn", listener: ln,
-		ttlDefault: 15 * time.Minute, ttlMax: time.Hour, maxSessions: 1000, drainTimeout: 5 * time.Second}
+		ttlDefault: 15 * time.Minute, ttlMax: time.Hour, maxSessions: 1000, drainTimeout: 5 * time.Second,
+		browserWarm: -1} // no idle Chromium for tests that never open a browser
 	for _, f := range extra {
 		f(&c)
 	}

@@ -35,6 +35,7 @@ type serveConfig struct {
 	ttlDefault, ttlMax                                          time.Duration
 	maxSessions                                                 int
 	maxConns                                                    int
+	browserWarm, browserMax                                     int
 	pingInterval                                                time.Duration
 	drainTimeout                                                time.Duration
 
@@ -57,6 +58,8 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.ttlDefault, "ttl-default", 15*time.Minute, "session TTL when the request names none")
 	fs.DurationVar(&c.ttlMax, "ttl-max", time.Hour, "cap on every session TTL")
 	fs.IntVar(&c.maxSessions, "max-sessions-per-tenant", 1000, "open sessions a tenant may hold")
+	fs.IntVar(&c.browserWarm, "browser-warm", 2, "Chromium processes kept started for the next browser sessions (negative: none)")
+	fs.IntVar(&c.browserMax, "browser-max", 8, "Chromium processes at most, warm ones included; opens beyond answer 429")
 	fs.IntVar(&c.maxConns, "max-conns-per-session", 32, "live connections a session may hold")
 	fs.DurationVar(&c.pingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval (negative disables)")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "how long SIGTERM waits for requests to finish")
@@ -112,6 +115,13 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	}
 	defer catalog.Close()
 
+	browsers := browserPool(ctx, c, log)
+	if browsers != nil {
+		// Deferred after the catalog's, so it runs before it; both run after
+		// the server's Shutdown, so clients get 1001 before browsers die.
+		defer browsers.Close()
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var srv *proxy.Server
@@ -122,7 +132,7 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		Sessions: db, Catalog: catalog, Tenants: verifier, ConnectKeys: ck, Expirer: expirer, Ping: db.Ping,
 		TTL: lease.TTLPolicy{Default: c.ttlDefault, Max: c.ttlMax}, MaxOpenPerTenant: c.maxSessions,
 		MaxConnsPerSession: c.maxConns, PingInterval: c.pingInterval,
-		PublicURL: c.publicURL, Logger: log, Registry: reg,
+		PublicURL: c.publicURL, Logger: log, Registry: reg, Browsers: browsers,
 	})
 
 	ln := c.listener
@@ -170,6 +180,25 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		_ = hs.Close()
 	}
 	return nil
+}
+
+// browserPool starts the browser service's Chromium pool. Without a
+// working Chromium the gateway runs without a browser service.
+func browserPool(ctx context.Context, c serveConfig, log *zap.Logger) *targets.BrowserPool {
+	pool, err := targets.NewBrowserPool(targets.BrowserOptions{Chromium: c.chromium, DataDir: c.dataDir,
+		Warm: c.browserWarm, Max: c.browserMax, Logger: log.Named("browser")})
+	if err != nil {
+		// The rest of the gateway is still useful; opens on the browser
+		// service answer 503 unavailable and say why in the log.
+		log.Error("browser service disabled", zap.String("chromium", c.chromium), zap.Error(err))
+		return nil
+	}
+	// Start also kills Chromium left by a gateway that died and removes
+	// its profiles.
+	if err := pool.Start(ctx); err != nil {
+		log.Warn("warm browser pool not filled", zap.Error(err))
+	}
+	return pool
 }
 
 // gatewayStore is what serve needs of a store: sessions, audit and the
