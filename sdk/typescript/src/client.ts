@@ -72,7 +72,8 @@ export class Nimbus {
       attach: async (session, o = {}) =>
         attachStdio(await this.connectUrl(session, "stdio", o), { webSocket, fetch: fetchFn, ...o }),
     };
-    this.files = new FilesClient(fetchFn, (ref, o) => this.connectUrl(ref, "files", o), webSocket);
+    // Uploads on Node go through node:http unless a fetch was given (see files.ts, nodePut).
+    this.files = new FilesClient(fetchFn, (ref, o) => this.connectUrl(ref, "files", o), webSocket, opts.fetch === undefined);
     this.cdp = {
       url: (session, o) => this.connectUrl(session, "cdp", o),
       httpUrl: async (session, o) => (await this.connectUrl(session, "cdp", o)).replace(/^ws/, "http"),

@@ -22,6 +22,8 @@ export {
   FILES_PROTOCOL,
   type DownloadOptions,
   type FileInfo,
+  type FileListing,
+  type FileType,
   type FilesSessionRef,
   type UploadData,
   type UploadOptions,

@@ -62,6 +62,11 @@ export async function openWebSocket(
      * may arrive with the handshake) are lost.
      */
     onOpen?: ((ws: WebSocketLike) => void) | undefined;
+    /**
+     * Called with the headers of the 101 answer, where they can be read
+     * (the `ws` package; browsers hide them), before onOpen.
+     */
+    onUpgrade?: ((headers: { get(name: string): string | null }) => void) | undefined;
   },
 ): Promise<WebSocketLike> {
   opts.signal?.throwIfAborted();
@@ -111,6 +116,10 @@ export async function openWebSocket(
     if (typeof node.on === "function") {
       // An EventEmitter throws an "error" nobody listens to: keep one listener for good.
       node.on("error", () => {});
+      if (opts.onUpgrade) {
+        const onUpgrade = opts.onUpgrade;
+        node.on("upgrade", (res: any) => onUpgrade({ get: (n: string) => headerOf(res.headers ?? {}, n) }));
+      }
       node.on("unexpected-response", (req: { destroy(): void }, res: any) => {
         const chunks: Uint8Array[] = [];
         let done = false;
