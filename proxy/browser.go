@@ -11,7 +11,6 @@ import (
 	"github.com/coder/websocket"
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 
 	"github.com/nimbus/gateway/channels"
 	"github.com/nimbus/gateway/lease"
@@ -248,65 +247,19 @@ func cutDiscoverySuffix(tok string) (string, string) {
 // with another backend.
 func (s *Server) connectPage(w http.ResponseWriter, r *http.Request) {
 	sid, target := mux.Vars(r)["session"], mux.Vars(r)["target"]
-	claims, err := s.connectKeys.VerifyForLate(connectToken(r), sid, string(lease.CDP))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	ev := &auditEvent{lease.Event{
-		ID: lease.NewEventID(), Time: lease.Millis(s.now()), TenantID: claims.Tenant, Principal: "connect-token",
-		Action: lease.ActionConnect, Outcome: lease.Success, SessionID: sid,
-		RequestID: requestID(r.Context()), RemoteAddr: r.RemoteAddr,
-	}}
-	refuse := func(err error) {
-		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
-		s.recordDenied(r.Context(), ev)
-		s.writeError(w, r, err)
-	}
 	if !validTargetID(target) {
-		refuse(problem.New(problem.NotFound, "no target %q", target))
+		s.writeError(w, r, problem.New(problem.NotFound, "no target %q", target))
 		return
 	}
-	sess, be, adm, err := s.admit(r, claims, lease.CDP)
-	if err != nil {
-		refuse(err)
-		return
-	}
-	defer adm.unregister()
-	be.release() // the browser-level connection admit made: the page's replaces it
-	cb, ok := be.(*cdpBackend)
-	if !ok {
-		refuse(problem.New(problem.Internal, "session %s is not a browser session", sid))
-		return
-	}
-	pb, err := s.dialBrowser(sess, cb.browser, string(lease.CDP), cb.browser.PageWebSocketURL(target))
-	if err != nil {
-		refuse(err)
-		return
-	}
-	defer pb.release()
-	ev.Principal, ev.Target = sess.CreatedBy, sess.Target.String()
-
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		InsecureSkipVerify: true, // as in connect: the signed URL is the credential
-		CompressionMode:    websocket.CompressionDisabled,
+	// Authorized by the session's cdp token, like the browser-level URL
+	// whose /json/list named this page.
+	s.serveConnect(w, r, sid, lease.CDP, func(sess *lease.Session) (backend, error) {
+		b, err := s.sessionBrowser(sess)
+		if err != nil {
+			return nil, err
+		}
+		return s.dialBrowser(sess, b, string(lease.CDP), b.PageWebSocketURL(target))
 	})
-	if err != nil {
-		s.log.Info("websocket upgrade failed", zap.String("requestId", ev.RequestID), zap.Error(err))
-		return
-	}
-	s.recordConnect(ev)
-	s.metrics.conns.WithLabelValues(string(lease.CDP)).Inc()
-	defer s.metrics.conns.WithLabelValues(string(lease.CDP)).Dec()
-	ctx := adm.ctx
-	stopPing := s.keepAlive(ctx, conn, adm.lc)
-	err = pb.serve(ctx, conn)
-	stopPing()
-	code, reason := s.closeConn(ctx, conn, err)
-	if code == channels.StatusExpired {
-		s.metrics.expiryDisconnectLag.Observe(time.Since(sess.ExpiresAt).Seconds())
-	}
-	s.recordDisconnect(ev, code, reason)
 }
 
 // validTargetID accepts what Chromium uses as target ids (32 hex digits)

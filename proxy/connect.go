@@ -77,9 +77,20 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		s.serveFilesHTTP(w, r, sid, "")
 		return
 	}
+	s.serveConnect(w, r, sid, lease.Channel(ch), nil)
+}
+
+// attachFunc attaches a session's backend before the upgrade; nil means
+// the channel's own (Server.attach).
+type attachFunc func(sess *lease.Session) (backend, error)
+
+// serveConnect is the connect flow of every WebSocket channel: token,
+// pre-upgrade checks, attach, upgrade, serve under the session's deadline,
+// close with the right code, audit both ends.
+func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, sid string, ch lease.Channel, attach attachFunc) {
 	// Late: a URL used after its session ended is answered for the
 	// session (409), not for the token's exp (401) — both die together.
-	claims, err := s.connectKeys.VerifyForLate(connectToken(r), sid, ch)
+	claims, err := s.connectKeys.VerifyForLate(connectToken(r), sid, string(ch))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -89,14 +100,14 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		Action: lease.ActionConnect, Outcome: lease.Success, SessionID: sid,
 		RequestID: requestID(r.Context()), RemoteAddr: r.RemoteAddr,
 	}}
-	sess, be, remove, err := s.admit(r, claims, lease.Channel(ch))
+	sess, be, adm, err := s.admit(r, claims, ch, attach)
 	if err != nil {
 		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
 		s.recordDenied(r.Context(), ev)
 		s.writeError(w, r, err)
 		return
 	}
-	defer remove.unregister()
+	defer adm.unregister()
 	defer be.release()
 	// The bearer of a connect URL acts for whoever opened the session.
 	ev.Principal, ev.Target = sess.CreatedBy, sess.Target.String()
@@ -115,11 +126,11 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.recordConnect(ev)
-	s.metrics.conns.WithLabelValues(ch).Inc()
-	defer s.metrics.conns.WithLabelValues(ch).Dec()
+	s.metrics.conns.WithLabelValues(string(ch)).Inc()
+	defer s.metrics.conns.WithLabelValues(string(ch)).Dec()
 
-	ctx := remove.ctx
-	stopPing := s.keepAlive(ctx, conn, remove.lc)
+	ctx := adm.ctx
+	stopPing := s.keepAlive(ctx, conn, adm.lc)
 	err = be.serve(ctx, conn)
 	stopPing()
 	code, reason := s.closeConn(ctx, conn, err)
@@ -147,7 +158,7 @@ func (a *admission) unregister() {
 // admit runs the pre-upgrade checks after the token: the session exists
 // and has the channel (403 otherwise), is open (409), the backend is
 // attached (502/503), and the registry has room (429).
-func (s *Server) admit(r *http.Request, claims *authn.ConnectClaims, ch lease.Channel) (*lease.Session, backend, *admission, error) {
+func (s *Server) admit(r *http.Request, claims *authn.ConnectClaims, ch lease.Channel, attach attachFunc) (*lease.Session, backend, *admission, error) {
 	if s.draining.Load() {
 		return nil, nil, nil, errDraining
 	}
@@ -165,9 +176,12 @@ func (s *Server) admit(r *http.Request, claims *authn.ConnectClaims, ch lease.Ch
 		return nil, nil, nil, problem.New(problem.Unauthenticated, "connect token has expired")
 	}
 	var be backend
-	if s.isRemote(sess) {
+	switch {
+	case s.isRemote(sess):
 		be, err = s.attachRelay(r, sess)
-	} else {
+	case attach != nil:
+		be, err = attach(sess)
+	default:
 		be, err = s.attach(sess, ch)
 	}
 	if err != nil {
@@ -232,7 +246,7 @@ func (s *Server) closeConn(ctx context.Context, conn *websocket.Conn, err error)
 			_ = conn.CloseNow()
 			return websocket.StatusNormalClosure, "client left"
 		}
-		s.log.Warn("stdio connection failed", zap.Error(err))
+		s.log.Warn("connection failed", zap.Error(err))
 		ce = channels.Close(websocket.StatusInternalError, "internal error")
 	}
 	closeWithin(conn, ce)

@@ -65,7 +65,7 @@ func (s *Server) serveFilesHTTP(w http.ResponseWriter, r *http.Request, sid, pat
 		s.proxyFilesToOwner(w, r, cur)
 		return
 	}
-	sess, be, adm, err := s.admit(r, claims, lease.Files)
+	sess, be, adm, err := s.admit(r, claims, lease.Files, nil)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
