@@ -108,3 +108,13 @@ func (e *env) doRaw(method, path string, headers map[string]string, body any) re
 	_, _ = io.Copy(&b, resp.Body)
 	return response{Status: resp.StatusCode, Header: resp.Header, Body: []byte(b.String())}
 }
+
+// TestUnknownNestedFieldNamed: the field of an unknown nested key is its
+// full path.
+func TestUnknownNestedFieldNamed(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	r := e.open(e.alice(), `{"target":{"service":{"name":"worker","kind":"x"}},"channels":["stdio"]}`)
+	if f := field(r.JSON(t), "details", "field"); f != "target.service.kind" {
+		t.Fatalf("details.field = %v: %s", f, r.Body)
+	}
+}

@@ -172,6 +172,11 @@ func DecodeOpenRequest(body []byte) (*OpenRequest, error) {
 // and trailing data. Field names must match exactly: encoding/json alone
 // matches them case-insensitively, which would let "requestedTTLMs" through.
 func decodeStrict(body []byte, v any) error {
+	// Field names first: exactKeys knows the full path of an unknown
+	// nested field ("target.service.kind"), the decoder only its leaf.
+	if err := exactKeys(body, reflect.TypeOf(v), ""); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -183,7 +188,7 @@ func decodeStrict(body []byte, v any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return invalid("", "request body must hold a single JSON value")
 	}
-	return exactKeys(body, reflect.TypeOf(v), "")
+	return nil
 }
 
 // exactKeys checks that every key of the JSON object raw is, with its

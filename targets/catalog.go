@@ -183,6 +183,11 @@ func (c *Catalog) Seed(ctx context.Context, cfg *Config) error {
 // reason. It returns an error only when the store cannot be read or
 // written.
 func (c *Catalog) Start(ctx context.Context) error {
+	// Workloads' descendants left by a gateway that died (Pdeathsig only
+	// reaches its direct children) must not run beside the new workloads.
+	if n := killOrphans(filepath.Join(c.dataDir, "sandboxes")); n > 0 {
+		c.log.Warn("killed workload processes left by a gateway that died", zap.Int("count", n))
+	}
 	sbs, err := c.store.ListSandboxes(ctx, "")
 	if err != nil {
 		return err

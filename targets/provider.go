@@ -246,7 +246,7 @@ func exitStatus(ps *os.ProcessState) ExitStatus {
 // workloadEnv is the minimal environment of sb's process: the gateway's own
 // environment (credentials included) is never inherited.
 func workloadEnv(sb Sandbox) []string {
-	env := []string{"PATH=" + defaultPath, "HOME=" + sb.Root, "LANG=C.UTF-8"}
+	env := []string{"PATH=" + defaultPath, "HOME=" + sb.Root, "LANG=C.UTF-8", gatewayEnv + "=" + selfMark}
 	if sb.TTY {
 		env = append(env, "TERM=xterm-256color")
 	}

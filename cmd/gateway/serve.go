@@ -36,7 +36,7 @@ type serveConfig struct {
 	maxSessions                                                 int
 	maxConns                                                    int
 	browserWarm, browserMax                                     int
-	pingInterval                                                time.Duration
+	pingInterval, pingTimeout                                   time.Duration
 	drainTimeout                                                time.Duration
 
 	// listener, when set (by tests), is served instead of listening on
@@ -62,6 +62,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.browserMax, "browser-max", 8, "Chromium processes at most, warm ones included; opens beyond answer 429")
 	fs.IntVar(&c.maxConns, "max-conns-per-session", 32, "live connections a session may hold")
 	fs.DurationVar(&c.pingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval (negative disables)")
+	fs.DurationVar(&c.pingTimeout, "ping-timeout", 15*time.Second, "how long a pong may take before the client is dropped")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "how long SIGTERM waits for requests to finish")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parseWithEnv(fs, args); err != nil {
@@ -131,7 +132,7 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	srv = proxy.New(proxy.Options{
 		Sessions: db, Catalog: catalog, Tenants: verifier, ConnectKeys: ck, Expirer: expirer, Ping: db.Ping,
 		TTL: lease.TTLPolicy{Default: c.ttlDefault, Max: c.ttlMax}, MaxOpenPerTenant: c.maxSessions,
-		MaxConnsPerSession: c.maxConns, PingInterval: c.pingInterval,
+		MaxConnsPerSession: c.maxConns, PingInterval: c.pingInterval, PingTimeout: c.pingTimeout,
 		PublicURL: c.publicURL, Logger: log, Registry: reg, Browsers: browsers,
 	})
 
