@@ -6,7 +6,9 @@ NODE_SUITES := $(wildcard sdk/typescript/package.json examples/web-terminal/pack
 
 .PHONY: test check vet race node build bench fuzz docker
 
-## test: everything CI runs: formatting, vet, the race-enabled Go tests, the Node suites.
+## test: everything CI runs: formatting, vet, the race-enabled Go tests (with the
+## one-minute soak of e2e; `go test ./e2e -run Soak -args -soak=5m` for the long one),
+## the Node suites.
 test: check vet race node
 
 check:
@@ -43,6 +45,10 @@ FUZZTIME ?= 60s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeOpenRequest$$' -fuzztime $(FUZZTIME) ./proxy/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./authn/
+	$(GO) test -run '^$$' -fuzz '^FuzzStdioControl$$' -fuzztime $(FUZZTIME) ./channels/
+	$(GO) test -run '^$$' -fuzz '^FuzzStdioMessage$$' -fuzztime $(FUZZTIME) ./channels/
+	$(GO) test -run '^$$' -fuzz '^FuzzFilesRequest$$' -fuzztime $(FUZZTIME) ./channels/
+	$(GO) test -run '^$$' -fuzz '^FuzzFilesPath$$' -fuzztime $(FUZZTIME) ./channels/
 
 docker:
 	docker build -t nimbus-gateway .
