@@ -4,6 +4,7 @@
  * (scripts/test.mjs builds it once), else it is built here from the repo.
  */
 import { spawn, execFile, type ChildProcess } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -61,7 +62,11 @@ export interface Gateway {
 }
 
 export interface StartOptions {
-  /** Extra `serve` flags. */
+  /**
+   * Extra `serve` flags, after the defaults (so they win): no warm Chromium
+   * pool (`--browser-warm -1`); a browser session still starts its own
+   * Chromium on open.
+   */
   args?: string[];
   /** Listen on this port (default: a free one). */
   port?: number;
@@ -74,7 +79,11 @@ export async function startGateway(opts: StartOptions = {}): Promise<Gateway> {
   const endpoint = `http://127.0.0.1:${port}`;
   const child: ChildProcess = spawn(
     bin,
-    ["serve", "--addr", `127.0.0.1:${port}`, "--data-dir", dataDir, "--log-level", "warn", ...(opts.args ?? [])],
+    [
+      "serve", "--addr", `127.0.0.1:${port}`, "--data-dir", dataDir, "--log-level", "warn",
+      "--browser-warm", "-1",
+      ...(opts.args ?? []),
+    ],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let stderr = "";
@@ -139,6 +148,27 @@ export async function startGateway(opts: StartOptions = {}): Promise<Gateway> {
     },
     logs: () => stderr,
   };
+}
+
+/**
+ * The pids of the Chromium processes (any process, in fact) whose command
+ * line names this gateway's data directory: its browsers keep their
+ * profiles under `<data-dir>/browsers`. Linux only (/proc).
+ */
+export function chromiumProcesses(dataDir: string): number[] {
+  const pids: number[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    let cmdline: string;
+    try {
+      cmdline = readFileSync(`/proc/${name}/cmdline`, "utf8");
+    } catch {
+      continue; // gone meanwhile
+    }
+    // The gateway itself also names the data directory: only its children count.
+    if (cmdline.includes(join(dataDir, "browsers"))) pids.push(Number(name));
+  }
+  return pids;
 }
 
 /** A fetch that remembers the last response's X-Request-Id. */
