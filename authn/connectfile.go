@@ -41,6 +41,17 @@ func LoadConnectKeys(path string, opts ...ConnectOption) (*ConnectKeys, error) {
 	return k, nil
 }
 
+// ParseConnectKeys reads a keyset in the file format of LoadConnectKeys
+// from data, for keys passed inline (an environment variable) rather than
+// in a file.
+func ParseConnectKeys(data []byte, opts ...ConnectOption) (*ConnectKeys, error) {
+	k, err := parseConnectFile(data, opts)
+	if err != nil {
+		return nil, fmt.Errorf("authn: connect keys: %w", err)
+	}
+	return k, nil
+}
+
 // LoadOrCreateConnectKeys loads <dataDir>/keys/connect.json, first creating
 // it (one random 32-byte key with an id like "c-1a2b3c4d", mode 0600) if it
 // is absent. Creation is atomic and first-writer-wins, so concurrent callers

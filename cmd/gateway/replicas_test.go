@@ -251,3 +251,64 @@ func TestRelayCloseReachesClient(t *testing.T) {
 		t.Fatalf("relayed client closed with %d %q", code, reason)
 	}
 }
+
+// TestConnectKeyRotation: a fleet shares its connect keys through the
+// environment; after a rotation (new signing key, old key still listed)
+// the connect URLs minted before it keep working until they expire, and
+// new ones are signed with the new key. Dropping the old key ends them.
+func TestConnectKeyRotation(t *testing.T) {
+	dir := t.TempDir()
+	k1 := strings.Repeat("a", 43) + "="
+	k2 := strings.Repeat("b", 43) + "="
+	keyset := func(signing string, keys ...string) func(*serveConfig) {
+		var kv []string
+		for _, k := range keys {
+			kv = append(kv, `"`+k+`":"`+map[string]string{"k1": k1, "k2": k2}[k]+`"`)
+		}
+		js := `{"signing":"` + signing + `","keys":{` + strings.Join(kv, ",") + `}}`
+		return func(c *serveConfig) { c.connectKeys = js }
+	}
+	ctx := context.Background()
+	g := startGateway(t, dir, keyset("k1", "k1"))
+	c := client.New(g.URL, "demo", devToken(t, dir, false))
+	s, err := c.Open(ctx, client.OpenRequest{Target: client.ServiceTarget("worker"), Channels: []string{"stdio"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := s.Status.Connect["stdio"]
+	g.stop()
+
+	g = startGateway(t, dir, keyset("k2", "k1", "k2"))
+	rehost := func(u string) string {
+		pu, _ := url.Parse(u)
+		pu.Host = g.URL[len("http://"):]
+		return pu.String()
+	}
+	conn, err := client.DialStdio(ctx, rehost(old))
+	if err != nil {
+		t.Fatalf("a URL minted before the rotation: %v", err)
+	}
+	conn.Close()
+	c.Endpoint = g.URL
+	fresh, err := c.Connect(ctx, s.Metadata.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(fresh.Status.Connect["stdio"], "token=") {
+		t.Fatal("no fresh URL")
+	}
+	g.stop()
+
+	g = startGateway(t, dir, keyset("k2", "k2"))
+	defer g.stop()
+	if _, err := client.DialStdio(ctx, rehost(old)); err == nil {
+		t.Fatal("a URL signed with a retired key still works")
+	} else if ce, ok := err.(*client.Error); !ok || ce.Code != "unauthenticated" {
+		t.Fatalf("retired key: %v", err)
+	}
+	if conn, err := client.DialStdio(ctx, rehost(fresh.Status.Connect["stdio"])); err != nil {
+		t.Fatalf("a URL minted after the rotation: %v", err)
+	} else {
+		conn.Close()
+	}
+}

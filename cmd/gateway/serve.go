@@ -54,7 +54,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.publicURL, "public-url", "", "base URL of minted connect URLs (default: from each request's Host)")
 	fs.StringVar(&c.chromium, "chromium", "", "Chromium binary for the browser service (default: found on PATH)")
 	fs.Var(&c.tenantKeys, "tenant-key", "tenant-token verification key file (HS256 secret, Ed25519 or RSA public key PEM); repeatable; default: the development key in the data dir")
-	fs.StringVar(&c.connectKeys, "connect-keys", "", "connect-URL keyset JSON (default: <data-dir>/keys/connect.json, created if absent)")
+	fs.StringVar(&c.connectKeys, "connect-keys", "", `connect-URL keyset: a JSON file, or the JSON itself ({"signing":"k2","keys":{"k1":"<base64>","k2":"<base64>"}}); default: <data-dir>/keys/connect.json, created if absent`)
 	fs.DurationVar(&c.ttlDefault, "ttl-default", 15*time.Minute, "session TTL when the request names none")
 	fs.DurationVar(&c.ttlMax, "ttl-max", time.Hour, "cap on every session TTL")
 	fs.IntVar(&c.maxSessions, "max-sessions-per-tenant", 1000, "open sessions a tenant may hold")
@@ -250,7 +250,14 @@ func tenantVerifier(c serveConfig) (*authn.Verifier, ed25519.PrivateKey, error) 
 	return v, priv, err
 }
 
+// connectKeys loads the connect-URL keyset: --connect-keys (or
+// NIMBUS_CONNECT_KEYS) is a file path, or the keyset's JSON itself so that
+// replicas can share it through their environment; without it, the data
+// directory's own keyset.
 func connectKeys(c serveConfig) (*authn.ConnectKeys, error) {
+	if v := strings.TrimSpace(c.connectKeys); strings.HasPrefix(v, "{") {
+		return authn.ParseConnectKeys([]byte(v))
+	}
 	if c.connectKeys != "" {
 		return authn.LoadConnectKeys(c.connectKeys)
 	}
