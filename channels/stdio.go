@@ -103,7 +103,7 @@ type stdio struct {
 
 // Causes the output loop's contexts are cancelled with.
 var (
-	errStopOutput = errors.New("stdio: connection ending")
+	errInputEnded = errors.New("stdio: reader ended")
 	errStuckWrite = errors.New("stdio: write to client stuck")
 	errSlowWrite  = errors.New("stdio: slow consumer")
 	// errClientGone: the client closed the connection or vanished; there
@@ -130,30 +130,45 @@ func (s *stdio) serve(ctx context.Context) error {
 	s.watch.init(s, cutWrites)
 	defer s.watch.stop()
 
-	outDone := make(chan error, 1)
+	// The output loop runs on this goroutine and the reader on one other:
+	// an idle attached client costs two goroutines, not three. The reader
+	// ending stops the output loop; ctx ending stops it too (stop derives
+	// from ctx).
 	inDone := make(chan error, 1)
-	go func() { outDone <- s.output(stop, wctx, sub) }()
-	go func() { inDone <- s.input(rctx) }()
-
-	var err, outErr error
-	outRunning, inRunning := true, true
-	select {
-	case err = <-outDone:
-		outRunning = false
-	case err = <-inDone:
-		inRunning = false
-	case <-ctx.Done():
-		err = context.Cause(ctx)
+	go func() {
+		err := s.input(rctx)
+		stopOutput(errInputEnded)
+		inDone <- err
+	}()
+	// Once stop fires, let the output loop finish the message it is
+	// writing (a client reading slowly still gets the close frame after
+	// it), but cut a write stuck for good.
+	var lingerMu sync.Mutex
+	var linger *time.Timer
+	stopLinger := context.AfterFunc(stop, func() {
+		lingerMu.Lock()
+		linger = time.AfterFunc(closeLinger, func() { cutWrites(errStuckWrite) })
+		lingerMu.Unlock()
+	})
+	outErr := s.output(stop, wctx, sub)
+	stopLinger()
+	lingerMu.Lock()
+	if linger != nil {
+		linger.Stop()
 	}
+	lingerMu.Unlock()
 	s.stopped.Store(true)
-	if outRunning {
-		// Let the output loop finish the message it is writing (a client
-		// reading slowly still gets the close frame after it), but cut a
-		// write stuck for good.
-		stopOutput(errStopOutput)
-		t := time.AfterFunc(closeLinger, func() { cutWrites(errStuckWrite) })
-		outErr = <-outDone
-		t.Stop()
+
+	var err error
+	inRunning := true
+	switch {
+	case ctx.Err() != nil:
+		err = context.Cause(ctx)
+	case errors.Is(context.Cause(stop), errInputEnded):
+		err = <-inDone
+		inRunning = false
+	default:
+		err = outErr // the output loop ended on its own: exit, slow consumer, client gone
 	}
 	if errors.Is(err, errClientGone) {
 		// The reader saw the connection end; if the output loop cut it
