@@ -21,13 +21,7 @@ import (
 // with 4410 within one second — also after the listeners' database
 // connections were killed and had to be re-established.
 func TestCrossReplicaClose(t *testing.T) {
-	pg := pgtest.Start(t)
-	dir := t.TempDir() // shared: both replicas use the same signing keys
-	withStore := func(c *serveConfig) { c.store = pg }
-	a := startGateway(t, dir, withStore)
-	defer a.stop()
-	b := startGateway(t, dir, withStore)
-	defer b.stop()
+	pg, dir, a, b := twoReplicas(t, false)
 	ca := client.New(a.URL, "demo", devToken(t, dir, false))
 	ctx := context.Background()
 
@@ -91,13 +85,7 @@ func TestCrossReplicaClose(t *testing.T) {
 // replicas: a session opened and closed through replica A, its stdio
 // connection on replica B, timed from the close call to B's 4410.
 func BenchmarkCrossReplicaClose(b *testing.B) {
-	pg := pgtest.Start(b)
-	dir := b.TempDir()
-	withStore := func(c *serveConfig) { c.store = pg }
-	ga := startGateway(b, dir, withStore)
-	defer ga.stop()
-	gb := startGateway(b, dir, withStore)
-	defer gb.stop()
+	_, dir, ga, gb := twoReplicas(b, false)
 	ca := client.New(ga.URL, "demo", devToken(b, dir, false))
 	ctx := context.Background()
 	lat := make([]time.Duration, 0, b.N)
@@ -141,13 +129,7 @@ func BenchmarkCrossReplicaClose(b *testing.B) {
 // another replica is relayed there end to end, close code included, and
 // so is the files channel's HTTP face.
 func TestRelayToOwner(t *testing.T) {
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	replica := func(c *serveConfig) { c.store = pg; c.publicURL = "http://" + c.addr }
-	a := startGateway(t, dir, replica)
-	defer a.stop()
-	b := startGateway(t, dir, replica)
-	defer b.stop()
+	_, dir, a, b := twoReplicas(t, true)
 	key, err := authn.LoadOrCreateDevKey(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -217,13 +199,7 @@ func TestRelayToOwner(t *testing.T) {
 // TestRelayCloseReachesClient: a session closed while a client is
 // attached through a relay gets 4410 on that client.
 func TestRelayCloseReachesClient(t *testing.T) {
-	pg := pgtest.Start(t)
-	dir := t.TempDir()
-	replica := func(c *serveConfig) { c.store = pg; c.publicURL = "http://" + c.addr }
-	a := startGateway(t, dir, replica)
-	defer a.stop()
-	b := startGateway(t, dir, replica)
-	defer b.stop()
+	_, dir, a, b := twoReplicas(t, true)
 	ca := client.New(a.URL, "demo", devToken(t, dir, false))
 	ctx := context.Background()
 	s, err := ca.Open(ctx, client.OpenRequest{Target: client.ServiceTarget("worker"), Channels: []string{"stdio"}})
@@ -311,4 +287,24 @@ func TestConnectKeyRotation(t *testing.T) {
 	} else {
 		conn.Close()
 	}
+}
+
+// twoReplicas starts a PostgreSQL database and two gateways on it sharing
+// one data directory (so, the same signing keys), each with its own
+// address as --public-url when owners is set. They stop with t.
+func twoReplicas(t testing.TB, owners bool) (pg, dir string, a, b *gateway) {
+	t.Helper()
+	pg = pgtest.Start(t)
+	dir = t.TempDir()
+	replica := func(c *serveConfig) {
+		c.store = pg
+		if owners {
+			c.publicURL = "http://" + c.addr
+		}
+	}
+	a = startGateway(t, dir, replica)
+	t.Cleanup(a.stop)
+	b = startGateway(t, dir, replica)
+	t.Cleanup(b.stop)
+	return pg, dir, a, b
 }
