@@ -1,5 +1,6 @@
 # Multi-stage build: the same `go build` the README's commands use, then a
-# small runtime with a shell (the demo sandbox workload is /bin/sh).
+# Debian runtime with a shell (the demo sandbox workload is /bin/sh) and
+# Debian's Chromium for the browser service (found on PATH at start).
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -9,7 +10,7 @@ RUN CGO_ENABLED=0 go build -trimpath -o /out/gateway ./cmd/gateway
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates chromium \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home /var/lib/nimbus --create-home nimbus
 COPY --from=build /out/gateway /usr/local/bin/gateway
