@@ -25,9 +25,11 @@ const (
 	// readSize bounds one read of an output stream: large reads keep the
 	// per-chunk cost (a syscall, a fan-out) small next to the bytes moved.
 	readSize = 256 << 10
-	// slabSize is the allocation output is read into; chunks are slices
-	// of it. The ring may pin one slab per stream of an idle workload.
+	// slabSize is the largest allocation output is read into; chunks are
+	// slices of it. The ring may pin one slab per stream of a workload.
 	slabSize = 1 << 20
+	// minSlab is the first slab of a stream; slabs grow from it.
+	minSlab = 16 << 10
 	// pipeSize is the kernel buffer asked for on output pipes.
 	pipeSize = 1 << 20
 	// defaultDrain bounds how long the readers keep draining after the
@@ -201,15 +203,23 @@ func growPipe(f *os.File) {
 // A new slab is taken when too little of the current one is left.
 func (w *Workload) read(f *os.File, stream byte) {
 	defer w.readers.Done()
+	// Slabs start small and grow while reads fill their window, so an idle
+	// or chatty-but-slow workload holds kilobytes, not a megabyte per
+	// stream, and a bulk writer gets large reads.
 	var slab []byte
+	size, window := minSlab, minSlab/4
 	for {
-		if len(slab) < readSize/4 {
-			slab = make([]byte, slabSize)
+		if len(slab) < window {
+			slab = make([]byte, size)
 		}
-		n, err := f.Read(slab[:min(len(slab), readSize)])
+		n, err := f.Read(slab[:min(len(slab), window)])
 		if n > 0 {
 			w.hub.publish(Chunk{Stream: stream, Data: slab[:n:n]})
 			slab = slab[n:]
+			if n == window && window < readSize {
+				window = min(window*4, readSize)
+				size = min(size*4, slabSize)
+			}
 		}
 		if err != nil {
 			// EOF on a pipe; EIO on a PTY master once the slave side is
