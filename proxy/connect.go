@@ -107,12 +107,10 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, sid string
 		s.writeError(w, r, err)
 		return
 	}
-	defer adm.unregister()
-	defer be.release()
 	// The bearer of a connect URL acts for whoever opened the session.
 	ev.Principal, ev.Target = sess.CreatedBy, sess.Target.String()
 
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	conn, err := websocket.Accept(smallBufWriter{w}, r, &websocket.AcceptOptions{
 		Subprotocols: be.protocols(),
 		// The signed token in the URL is the credential, not an ambient
 		// cookie, so a cross-origin page (a web terminal served from
@@ -122,16 +120,38 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, sid string
 	})
 	if err != nil {
 		// Accept has already answered the client (426/400/403).
+		be.release()
+		adm.unregister()
 		s.log.Info("websocket upgrade failed", zap.String("requestId", ev.RequestID), zap.Error(err))
 		return
 	}
 	s.recordConnect(ev)
+	// The connection lives on in a goroutine of its own and the handler
+	// returns: net/http then drops its per-request state (the connection
+	// struct, the request, the handler's deep stack), which an idle
+	// connection would otherwise hold for its whole life.
+	go s.runConn(conn, ev, sess, be, adm, ch)
+}
+
+// runConn carries an upgraded connection until it must close, closes it
+// with the right code and records the disconnect. A panic in a channel
+// adapter closes that connection (1011) instead of the gateway.
+func (s *Server) runConn(conn *websocket.Conn, ev *auditEvent, sess *lease.Session, be backend, adm *admission, ch lease.Channel) {
+	defer adm.unregister()
+	defer be.release()
 	s.metrics.conns.WithLabelValues(string(ch)).Inc()
 	defer s.metrics.conns.WithLabelValues(string(ch)).Dec()
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("panic serving a connection", zap.String("sessionId", sess.ID), zap.Any("panic", p), zap.Stack("stack"))
+			_ = conn.Close(websocket.StatusInternalError, "internal error")
+			s.recordDisconnect(ev, websocket.StatusInternalError, "internal error")
+		}
+	}()
 
 	ctx := adm.ctx
 	stopPing := s.keepAlive(ctx, conn, adm.lc)
-	err = be.serve(ctx, conn)
+	err := be.serve(ctx, conn)
 	stopPing()
 	code, reason := s.closeConn(ctx, conn, err)
 	if code == channels.StatusExpired {

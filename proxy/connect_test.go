@@ -390,3 +390,48 @@ func TestConnectAudit(t *testing.T) {
 		t.Fatalf("disconnect events %v", d)
 	}
 }
+
+// TestEarlyBytesAfterUpgrade: a client that sends its first frame in the
+// same TCP write as the upgrade request loses nothing — net/http has
+// already buffered it when the connection is hijacked.
+func TestEarlyBytesAfterUpgrade(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.sandbox("sbx-cat", false, "/bin/cat")
+	_, urls := e.openURL(tok, "sbx-cat", 0, "stdio")
+	u, _ := url.Parse(urls["stdio"])
+	c, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := make([]byte, 16)
+	_, _ = rand.Read(key)
+	// A masked binary frame: stdin "early\n".
+	payload := append([]byte{0}, "early\n"...)
+	mask := []byte{1, 2, 3, 4}
+	frame := []byte{0x82, 0x80 | byte(len(payload))}
+	frame = append(frame, mask...)
+	for i, b := range payload {
+		frame = append(frame, b^mask[i%4])
+	}
+	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: nimbus.stdio.v1\r\n\r\n",
+		u.RequestURI(), u.Host, base64.StdEncoding.EncodeToString(key))
+	if _, err := c.Write(append([]byte(req), frame...)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	var got []byte
+	buf := make([]byte, 4096)
+	for !bytes.Contains(got, []byte("\x01early\n")) {
+		n, err := br.Read(buf)
+		if err != nil {
+			t.Fatalf("the early stdin frame was lost: read %q, %v", got, err)
+		}
+		got = append(got, buf[:n]...)
+	}
+}
