@@ -53,29 +53,12 @@ func (s *SQLite) ListAudit(ctx context.Context, q lease.AuditQuery) ([]lease.Eve
 		return nil, nil, storeErr(err, "list audit")
 	}
 	defer rows.Close()
-	out := make([]lease.Event, 0, size)
-	for rows.Next() {
-		var (
-			ev              lease.Event
-			t               int64
-			action, outcome string
-		)
-		if err := rows.Scan(&ev.ID, &t, &ev.TenantID, &ev.Principal, &action, &outcome,
-			&ev.SessionID, &ev.Target, &ev.Code, &ev.RequestID, &ev.RemoteAddr); err != nil {
-			return nil, nil, storeErr(err, "list audit")
-		}
-		ev.Time, ev.Action, ev.Outcome = fromMs(t), lease.Action(action), lease.Outcome(outcome)
-		out = append(out, ev)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := scanRows(rows, scanEvent)
+	if err != nil {
 		return nil, nil, storeErr(err, "list audit")
 	}
-	if len(out) <= size {
-		return out, nil, nil
-	}
-	out = out[:size]
-	last := out[size-1]
-	return out, &lease.Cursor{Time: last.Time, ID: last.ID}, nil
+	page, next := auditPage(out, size)
+	return page, next, nil
 }
 
 const qInsertEvent = `INSERT INTO audit (id, time, tenant_id, principal, action, outcome,

@@ -87,15 +87,11 @@ func (s *SQLite) ListServices(ctx context.Context, tenantID string) ([]targets.S
 		return nil, storeErr(err, "list services")
 	}
 	defer rows.Close()
-	out := []targets.Service{}
-	for rows.Next() {
-		svc, err := scanService(rows)
-		if err != nil {
-			return nil, storeErr(err, "list services")
-		}
-		out = append(out, svc)
+	out, err := scanRows(rows, scanService)
+	if err != nil {
+		return nil, storeErr(err, "list services")
 	}
-	return out, storeErr(rows.Err(), "list services")
+	return out, nil
 }
 
 // DeleteService implements targets.Store.
@@ -222,15 +218,11 @@ func (s *SQLite) ListSandboxes(ctx context.Context, tenantID string) ([]targets.
 		return nil, storeErr(err, "list sandboxes")
 	}
 	defer rows.Close()
-	out := []targets.Sandbox{}
-	for rows.Next() {
-		sb, err := scanSandbox(rows)
-		if err != nil {
-			return nil, storeErr(err, "list sandboxes")
-		}
-		out = append(out, sb)
+	out, err := scanRows(rows, scanSandbox)
+	if err != nil {
+		return nil, storeErr(err, "list sandboxes")
 	}
-	return out, storeErr(rows.Err(), "list sandboxes")
+	return out, nil
 }
 
 const (
@@ -238,7 +230,7 @@ const (
 	sandboxColumns = `tenant_id, id, state, generation, command, tty, env, root, error, updated_at`
 )
 
-func scanService(row interface{ Scan(...any) error }) (targets.Service, error) {
+func scanService(row rowScanner) (targets.Service, error) {
 	var (
 		svc       targets.Service
 		kind      string
@@ -252,7 +244,7 @@ func scanService(row interface{ Scan(...any) error }) (targets.Service, error) {
 	return svc, nil
 }
 
-func scanSandbox(row interface{ Scan(...any) error }) (targets.Sandbox, error) {
+func scanSandbox(row rowScanner) (targets.Sandbox, error) {
 	var (
 		sb           targets.Sandbox
 		state        string

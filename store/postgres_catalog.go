@@ -99,15 +99,11 @@ func (s *Postgres) ListServices(ctx context.Context, tenantID string) ([]targets
 		return nil, pgErr(err, "list services")
 	}
 	defer rows.Close()
-	out := []targets.Service{}
-	for rows.Next() {
-		svc, err := scanService(rows)
-		if err != nil {
-			return nil, pgErr(err, "list services")
-		}
-		out = append(out, svc)
+	out, err := scanRows(rows, scanService)
+	if err != nil {
+		return nil, pgErr(err, "list services")
 	}
-	return out, pgErr(rows.Err(), "list services")
+	return out, nil
 }
 
 // DeleteService implements targets.Store: the service's last generation is
@@ -249,13 +245,9 @@ func (s *Postgres) ListSandboxes(ctx context.Context, tenantID string) ([]target
 		return nil, pgErr(err, "list sandboxes")
 	}
 	defer rows.Close()
-	out := []targets.Sandbox{}
-	for rows.Next() {
-		sb, err := scanSandbox(rows)
-		if err != nil {
-			return nil, pgErr(err, "list sandboxes")
-		}
-		out = append(out, sb)
+	out, err := scanRows(rows, scanSandbox)
+	if err != nil {
+		return nil, pgErr(err, "list sandboxes")
 	}
-	return out, pgErr(rows.Err(), "list sandboxes")
+	return out, nil
 }

@@ -159,7 +159,7 @@ func (s *Postgres) ListSessions(ctx context.Context, q lease.ListQuery) ([]*leas
 	if err != nil {
 		return nil, nil, pgErr(err, "list sessions")
 	}
-	out, err := collectSessions(rows, size+1)
+	out, err := collectSessions(rows)
 	if err != nil {
 		return nil, nil, pgErr(err, "list sessions")
 	}
@@ -256,7 +256,7 @@ func (s *Postgres) DueSessions(ctx context.Context, limit int) ([]*lease.Session
 	if err != nil {
 		return nil, pgErr(err, "due sessions")
 	}
-	out, err := collectSessions(rows, 0)
+	out, err := collectSessions(rows)
 	if len(out) == 0 {
 		out = nil // as SQLite: no due sessions is a nil slice
 	}
@@ -313,17 +313,9 @@ func eventArgs(args pgx.NamedArgs, ev lease.Event) {
 }
 
 // collectSessions scans every row of sessionColumns and closes rows.
-func collectSessions(rows pgx.Rows, capacity int) ([]*lease.Session, error) {
+func collectSessions(rows pgx.Rows) ([]*lease.Session, error) {
 	defer rows.Close()
-	out := make([]*lease.Session, 0, capacity)
-	for rows.Next() {
-		sess, err := scanSession(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, sess)
-	}
-	return out, rows.Err()
+	return scanRows(rows, scanSession)
 }
 
 // extraScan scans the columns after the ones its caller asks for into

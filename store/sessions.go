@@ -146,15 +146,8 @@ func (s *SQLite) ListSessions(ctx context.Context, q lease.ListQuery) ([]*lease.
 		return nil, nil, storeErr(err, "list sessions")
 	}
 	defer rows.Close()
-	out := make([]*lease.Session, 0, size)
-	for rows.Next() {
-		sess, err := scanSession(rows)
-		if err != nil {
-			return nil, nil, storeErr(err, "list sessions")
-		}
-		out = append(out, sess)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := scanRows(rows, scanSession)
+	if err != nil {
 		return nil, nil, storeErr(err, "list sessions")
 	}
 	if len(out) <= size {
@@ -242,15 +235,8 @@ func (s *SQLite) DueSessions(ctx context.Context, limit int) ([]*lease.Session, 
 		return nil, storeErr(err, "due sessions")
 	}
 	defer rows.Close()
-	var out []*lease.Session
-	for rows.Next() {
-		sess, err := scanSession(rows)
-		if err != nil {
-			return nil, storeErr(err, "due sessions")
-		}
-		out = append(out, sess)
-	}
-	return out, storeErr(rows.Err(), "due sessions")
+	out, err := scanRows(rows, scanSession)
+	return out, storeErr(err, "due sessions")
 }
 
 // CountOpen implements lease.Store.
@@ -265,7 +251,7 @@ func (s *SQLite) CountOpen(ctx context.Context, tenantID string, now time.Time) 
 }
 
 // scanSession reads one row of sessionColumns.
-func scanSession(row interface{ Scan(...any) error }) (*lease.Session, error) {
+func scanSession(row rowScanner) (*lease.Session, error) {
 	var (
 		sess                      lease.Session
 		createdAt, ttl, expiresAt int64
