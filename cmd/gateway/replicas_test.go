@@ -31,9 +31,7 @@ func TestCrossReplicaClose(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		u, _ := url.Parse(s.Status.Connect["stdio"])
-		u.Host = b.URL[len("http://"):]
-		conn, err := client.DialStdio(ctx, u.String())
+		conn, err := client.DialStdio(ctx, b.rehost(s.Status.Connect["stdio"]))
 		if err != nil {
 			t.Fatalf("connect through B: %v", err)
 		}
@@ -96,9 +94,7 @@ func BenchmarkCrossReplicaClose(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		u, _ := url.Parse(s.Status.Connect["stdio"])
-		u.Host = gb.URL[len("http://"):]
-		conn, err := client.DialStdio(ctx, u.String())
+		conn, err := client.DialStdio(ctx, gb.rehost(s.Status.Connect["stdio"]))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -154,12 +150,7 @@ func TestRelayToOwner(t *testing.T) {
 	if u := s.Status.Connect["stdio"]; u[:len("ws://"+a.URL[7:])] != "ws://"+a.URL[7:] {
 		t.Fatalf("connect URL %s does not point at the owner %s", u, a.URL)
 	}
-	viaB := func(u string) string {
-		pu, _ := url.Parse(u)
-		pu.Host = b.URL[len("http://"):]
-		return pu.String()
-	}
-	conn, err := client.DialStdio(ctx, viaB(s.Status.Connect["stdio"]))
+	conn, err := client.DialStdio(ctx, b.rehost(s.Status.Connect["stdio"]))
 	if err != nil {
 		t.Fatalf("stdio through B: %v", err)
 	}
@@ -187,7 +178,7 @@ func TestRelayToOwner(t *testing.T) {
 		t.Fatalf("close code through the relay: %d", code)
 	}
 	// The files channel's HTTP face through B.
-	if _, err := ca.Put(ctx, viaB(s.Status.Connect["files"]), "hello.txt", strings.NewReader("hi"), 2, nil); err != nil {
+	if _, err := ca.Put(ctx, b.rehost(s.Status.Connect["files"]), "hello.txt", strings.NewReader("hi"), 2, nil); err != nil {
 		t.Fatalf("upload through B: %v", err)
 	}
 	var got strings.Builder
@@ -206,9 +197,7 @@ func TestRelayCloseReachesClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pu, _ := url.Parse(s.Status.Connect["stdio"])
-	pu.Host = b.URL[len("http://"):]
-	conn, err := client.DialStdio(ctx, pu.String())
+	conn, err := client.DialStdio(ctx, b.rehost(s.Status.Connect["stdio"]))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,12 +244,7 @@ func TestConnectKeyRotation(t *testing.T) {
 	g.stop()
 
 	g = startGateway(t, dir, keyset("k2", "k1", "k2"))
-	rehost := func(u string) string {
-		pu, _ := url.Parse(u)
-		pu.Host = g.URL[len("http://"):]
-		return pu.String()
-	}
-	conn, err := client.DialStdio(ctx, rehost(old))
+	conn, err := client.DialStdio(ctx, g.rehost(old))
 	if err != nil {
 		t.Fatalf("a URL minted before the rotation: %v", err)
 	}
@@ -277,12 +261,12 @@ func TestConnectKeyRotation(t *testing.T) {
 
 	g = startGateway(t, dir, keyset("k2", "k2"))
 	defer g.stop()
-	if _, err := client.DialStdio(ctx, rehost(old)); err == nil {
+	if _, err := client.DialStdio(ctx, g.rehost(old)); err == nil {
 		t.Fatal("a URL signed with a retired key still works")
 	} else if ce, ok := err.(*client.Error); !ok || ce.Code != "unauthenticated" {
 		t.Fatalf("retired key: %v", err)
 	}
-	if conn, err := client.DialStdio(ctx, rehost(fresh.Status.Connect["stdio"])); err != nil {
+	if conn, err := client.DialStdio(ctx, g.rehost(fresh.Status.Connect["stdio"])); err != nil {
 		t.Fatalf("a URL minted after the rotation: %v", err)
 	} else {
 		conn.Close()
@@ -307,4 +291,15 @@ func twoReplicas(t testing.TB, owners bool) (pg, dir string, a, b *gateway) {
 	b = startGateway(t, dir, replica)
 	t.Cleanup(b.stop)
 	return pg, dir, a, b
+}
+
+// rehost points a connect URL minted elsewhere at g, as a load balancer
+// sending the client to another replica would.
+func (g *gateway) rehost(u string) string {
+	pu, err := url.Parse(u)
+	if err != nil {
+		panic(err)
+	}
+	pu.Host = strings.TrimPrefix(g.URL, "http://")
+	return pu.String()
 }
