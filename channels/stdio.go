@@ -232,16 +232,23 @@ func (s *stdio) output(stop, wctx context.Context, sub *targets.Subscription) er
 	}
 }
 
-// writeBatch writes the chunks Next returned, coalescing runs of the same
-// stream into messages of up to maxOutMessage: one frame and one write
-// per message instead of one per read of the workload's pipe. It stops
-// early when stop ends (returning its cause) or when the watchdog presumes
-// the hub dropped this client, which it then asks the hub.
+// writeBatch writes the chunks Next returned and releases them. A chunk
+// of at least directMessage bytes that the slab holds as a wire message
+// goes out as it is; runs of smaller chunks of one stream are coalesced
+// into messages of up to maxOutMessage: one frame and one write per
+// message instead of one per read of the workload's pipe. It stops early
+// when stop ends (returning its cause) or when the watchdog presumes the
+// hub dropped this client, which it then asks the hub.
 func (s *stdio) writeBatch(stop, wctx context.Context, sub *targets.Subscription, batch []targets.Chunk) error {
 	s.watch.begin()
 	defer s.watch.end()
-	bp := outBufs.Get().(*[]byte)
-	defer outBufs.Put(bp)
+	defer func() { targets.ReleaseAll(batch) }() // those not written
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			outBufs.Put(bp)
+		}
+	}()
 	for i := 0; i < len(batch); {
 		if stop.Err() != nil {
 			return context.Cause(stop)
@@ -256,27 +263,40 @@ func (s *stdio) writeBatch(stop, wctx context.Context, sub *targets.Subscription
 			batch = more
 			s.watch.begin()
 		}
-		stream := batch[i].Stream
-		msg := append((*bp)[:0], stream)
-		n := 0
-		for ; i < len(batch) && batch[i].Stream == stream; i++ {
-			if n > 0 && len(msg)+len(batch[i].Data) > maxOutMessage {
-				break
+		var msg []byte
+		first := i
+		if m := batch[i].Message(); len(m) > directMessage {
+			msg = m
+			i++
+		} else {
+			if bp == nil {
+				bp = outBufs.Get().(*[]byte)
 			}
-			msg = append(msg, batch[i].Data...)
-			n += len(batch[i].Data)
-			batch[i] = targets.Chunk{} // let the data go
+			stream := batch[i].Stream
+			msg = append((*bp)[:0], stream)
+			for ; i < len(batch) && batch[i].Stream == stream && len(batch[i].Message()) <= directMessage; i++ {
+				if len(msg) > 1 && len(msg)+len(batch[i].Data) > maxOutMessage {
+					break
+				}
+				msg = append(msg, batch[i].Data...)
+			}
+			*bp = msg
 		}
-		*bp = msg
 		if err := s.conn.Write(wctx, websocket.MessageBinary, msg); err != nil {
 			return s.writeErr(wctx, err)
 		}
+		targets.ReleaseAll(batch[first:i])
 		if s.opt.OnBytes != nil {
-			s.opt.OnBytes("out", n)
+			s.opt.OnBytes("out", len(msg)-1)
 		}
 	}
 	return nil
 }
+
+// directMessage is the size from which a chunk is written as its own
+// message rather than copied into a coalesced one: past it, the copy
+// costs more than the extra frame and write.
+const directMessage = 32 << 10
 
 // maxOutMessage bounds a coalesced output message (stream byte included).
 const maxOutMessage = 1 << 20

@@ -247,6 +247,57 @@ func TestStdioStdoutAndStderr(t *testing.T) {
 	checkLines(t, stderr, "err", 20000, "\n")
 }
 
+// TestStdioBulkAndSmallOutput: small writes on both streams (coalesced
+// into messages) and then megabyte writes (dd writes each block at once,
+// so the reads fill their windows and grow to 256 KiB: sent as their own
+// messages straight from the slab), to two clients at once — both get
+// every byte, in order, on the right stream.
+func TestStdioBulkAndSmallOutput(t *testing.T) {
+	t.Parallel()
+	var sizes sync.Map // message sizes seen, for the two paths
+	opt := channels.StdioOptions{OnBytes: func(dir string, n int) {
+		if dir == "out" {
+			sizes.Store(n > 32<<10, true)
+		}
+	}}
+	h := newHarness(t, false, opt, "/bin/sh", "-c",
+		"read x; for i in $(seq 1 300); do echo out$i; echo err$i >&2; done; seq 1 1000000 | dd bs=1M iflag=fullblock 2>/dev/null; echo end >&2")
+	a, b := h.dial(), h.dial()
+	release(t, a)
+	var wantOut, wantErr bytes.Buffer
+	for i := 1; i <= 300; i++ {
+		fmt.Fprintf(&wantOut, "out%d\n", i)
+		fmt.Fprintf(&wantErr, "err%d\n", i)
+	}
+	for i := 1; i <= 1000000; i++ {
+		fmt.Fprintf(&wantOut, "%d\n", i)
+	}
+	wantErr.WriteString("end\n")
+	type result struct {
+		out, err []byte
+		e        error
+	}
+	rc := make(chan result, 1)
+	go func() {
+		o, e, err := readAll(t, b)
+		rc <- result{o, e, err}
+	}()
+	stdout, stderr, err := readAll(t, a)
+	wantExit(t, a, err, 0)
+	r := <-rc
+	wantExit(t, b, r.e, 0)
+	for i, got := range [][2][]byte{{stdout, stderr}, {r.out, r.err}} {
+		if !bytes.Equal(got[0], wantOut.Bytes()) || !bytes.Equal(got[1], wantErr.Bytes()) {
+			t.Fatalf("client %d: stdout %d bytes (want %d), stderr %d (want %d)", i, len(got[0]), wantOut.Len(), len(got[1]), wantErr.Len())
+		}
+	}
+	_, small := sizes.Load(false)
+	_, large := sizes.Load(true)
+	if !small || !large {
+		t.Fatalf("messages of up to 32 KiB: %v, larger: %v; both paths must be taken", small, large)
+	}
+}
+
 func TestStdioTTY(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, true, channels.StdioOptions{}, "/bin/sh", "-c", "read x; seq 1 20000; exit 4")

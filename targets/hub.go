@@ -41,6 +41,9 @@ type Chunk struct {
 	// a PTY's output is all stdout).
 	Stream byte
 	Data   []byte
+
+	msg  []byte // Stream then Data, contiguous in the slab; nil if not
+	slab *slab  // the memory Data is in; nil if not counted
 }
 
 // Output streams, numbered as on the stdio wire (SPEC §5.1).
@@ -113,8 +116,9 @@ func (h *hub) subscribe(opt SubscribeOptions) *Subscription {
 	return s
 }
 
-// publish hands c to the ring and every subscriber. It never blocks on a
-// subscriber: the cost is O(subscribers) slice appends under mu.
+// publish hands c to the ring and every subscriber, each taking its own
+// reference; the caller keeps its own. It never blocks on a subscriber:
+// the cost is O(subscribers) slice appends under mu.
 func (h *hub) publish(c Chunk) {
 	n := len(c.Data)
 	var now time.Time // read lazily: only a subscriber over its bound needs it
@@ -124,6 +128,7 @@ func (h *hub) publish(c Chunk) {
 	h.ring.add(c)
 	for i := 0; i < len(h.subs); {
 		s := h.subs[i]
+		c.retain()
 		s.queue = append(s.queue, c)
 		s.queued += n
 		if s.queued > s.max {
@@ -177,6 +182,7 @@ func (h *hub) detachLocked(s *Subscription) {
 		h.subs = h.subs[:last]
 		s.idx = -1
 	}
+	ReleaseAll(s.queue)
 	s.queue, s.queued = nil, 0
 	s.overSince = time.Time{}
 	if s.slowTimer != nil {
@@ -223,7 +229,8 @@ func (s *Subscription) notify() {
 func (s *Subscription) Replayed() int { return s.replayed }
 
 // Next blocks until output is queued and returns all of it, appended to
-// dst, oldest first. Once the workload has exited and every byte has been
+// dst, oldest first; the caller releases each chunk (Chunk.Release) when
+// done with it. Once the workload has exited and every byte has been
 // returned it returns io.EOF (Workload.Exit is then valid); after the
 // subscriber was dropped, ErrSlowConsumer; after Close, ErrClosed; when ctx
 // ends first, ctx.Err(). Returning the queue resets the backlog to zero.

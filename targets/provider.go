@@ -197,25 +197,40 @@ func growPipe(f *os.File) {
 }
 
 // read moves one output stream into the hub until EOF. It never waits for
-// subscribers. The pipe is read straight into a slab, and each chunk is
-// the slab's slice of that read (capped, so nobody can append into the
-// next one), shared read-only by the ring and every subscriber: no copy.
-// A new slab is taken when too little of the current one is left.
+// subscribers. The pipe is read straight into a slab, one byte after the
+// stream byte it writes there, and each chunk is the slab's slice of that
+// read (capped, so nobody can append into the next one), shared read-only
+// by the ring and every subscriber: no copy, and a stdio writer can send
+// the chunk as a wire message as it is (Chunk.Message). A new slab is
+// taken when too little of the current one is left; released slabs are
+// reused.
 func (w *Workload) read(f *os.File, stream byte) {
 	defer w.readers.Done()
 	// Slabs start small and grow while reads fill their window, so an idle
 	// or chatty-but-slow workload holds kilobytes, not a megabyte per
 	// stream, and a bulk writer gets large reads.
-	var slab []byte
+	var cur *slab
+	var free []byte // cur's unread part
+	defer func() {
+		if cur != nil {
+			cur.release()
+		}
+	}()
 	size, window := minSlab, minSlab/4
 	for {
-		if len(slab) < window {
-			slab = make([]byte, size)
+		if len(free) <= window {
+			if cur != nil {
+				cur.release()
+			}
+			cur = newSlab(size)
+			free = cur.buf
 		}
-		n, err := f.Read(slab[:min(len(slab), window)])
+		free[0] = stream
+		n, err := f.Read(free[1 : 1+window])
 		if n > 0 {
-			w.hub.publish(Chunk{Stream: stream, Data: slab[:n:n]})
-			slab = slab[n:]
+			msg := free[: 1+n : 1+n]
+			w.hub.publish(Chunk{Stream: stream, Data: msg[1:], msg: msg, slab: cur})
+			free = free[1+n:]
 			if n == window && window < readSize {
 				window = min(window*4, readSize)
 				size = min(size*4, slabSize)

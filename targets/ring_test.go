@@ -2,6 +2,8 @@ package targets
 
 import (
 	"bytes"
+	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -13,16 +15,16 @@ func TestRing(t *testing.T) {
 	r.add(Chunk{Stream: Stdout, Data: []byte("ijkl")}) // trims "ab"
 	got, n := r.appendTo(nil)
 	if n != 10 || len(got) != 3 || string(got[0].Data) != "cd" || got[1].Stream != Stderr {
-		t.Fatalf("ring = %q (%d)", got, n)
+		t.Fatalf("ring = %s (%d)", chunksString(got), n)
 	}
 	r.add(Chunk{Stream: Stderr, Data: []byte("0123456789xyz")}) // larger than the ring
 	got, n = r.appendTo(nil)
 	if n != 10 || len(got) != 1 || string(got[0].Data) != "3456789xyz" || got[0].Stream != Stderr {
-		t.Fatalf("ring = %q (%d)", got, n)
+		t.Fatalf("ring = %s (%d)", chunksString(got), n)
 	}
 	r.add(Chunk{Stream: Stdout}) // empty chunks are not kept
 	if got, _ := r.appendTo(nil); len(got) != 1 {
-		t.Fatalf("ring = %q", got)
+		t.Fatalf("ring = %s", chunksString(got))
 	}
 }
 
@@ -46,4 +48,13 @@ func TestRingLongRunBounded(t *testing.T) {
 	if cap(r.chunks) > 4*len(got)+64 {
 		t.Fatalf("ring slice grew to %d for %d live chunks", cap(r.chunks), len(got))
 	}
+}
+
+// chunksString shows chunks as stream:"data" pairs.
+func chunksString(cs []Chunk) string {
+	var b strings.Builder
+	for _, c := range cs {
+		fmt.Fprintf(&b, "%d:%q ", c.Stream, c.Data)
+	}
+	return b.String()
 }

@@ -46,6 +46,7 @@ func drain(t testing.TB, s *Subscription) (stdout, stderr []byte, err error) {
 				t.Fatalf("chunk with stream %d", c.Stream)
 			}
 		}
+		ReleaseAll(buf)
 		if err != nil {
 			return stdout, stderr, err
 		}
@@ -65,6 +66,7 @@ func waitFor(t testing.TB, s *Subscription, want string) string {
 		for _, c := range buf {
 			out = append(out, c.Data...)
 		}
+		ReleaseAll(buf)
 		if err != nil {
 			t.Fatalf("waiting for %q: %v; got %q", want, err, out)
 		}
