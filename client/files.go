@@ -98,7 +98,7 @@ func (c *Client) Download(ctx context.Context, filesURL, remotePath string, w io
 	}
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
-		return 0, err
+		return 0, redactURLError(err)
 	}
 	defer resp.Body.Close()
 	body := io.Reader(resp.Body)
@@ -162,7 +162,7 @@ func (c *Client) ListFiles(ctx context.Context, filesURL, remotePath string) (*L
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
-		return nil, err
+		return nil, redactURLError(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
@@ -235,7 +235,7 @@ func filesHTTPURL(filesURL, remotePath string, extra url.Values) (string, error)
 func (c *Client) filesDo(req *http.Request, out any) error {
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
-		return err
+		return redactURLError(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {

@@ -67,7 +67,7 @@ func DialStdio(ctx context.Context, connectURL string) (*Stdio, error) {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 			return nil, problemOf(resp)
 		}
-		return nil, err
+		return nil, redactURLError(err)
 	}
 	if conn.Subprotocol() != StdioProtocol {
 		conn.Close(websocket.StatusProtocolError, "expected subprotocol "+StdioProtocol)

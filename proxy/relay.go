@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -91,7 +93,7 @@ func (s *Server) attachRelay(r *http.Request, sess *lease.Session) (backend, err
 				return nil, pe
 			}
 		}
-		return nil, problem.Wrap(problem.BadGateway, err, "the replica that runs this session's target is unreachable").
+		return nil, problem.Wrap(problem.BadGateway, dialCause(err), "the replica that runs this session's target is unreachable").
 			With("owner", sess.Owner)
 	}
 	up.SetReadLimit(maxRelayMessage)
@@ -99,7 +101,8 @@ func (s *Server) attachRelay(r *http.Request, sess *lease.Session) (backend, err
 }
 
 // ownerProblem turns the owner's problem+json refusal into ours, so the
-// client sees the same code as if it had reached the owner directly.
+// client sees the same code, and Retry-After, as if it had reached the
+// owner directly.
 func ownerProblem(resp *http.Response) *problem.Error {
 	if resp.Body == nil {
 		return nil
@@ -114,7 +117,11 @@ func ownerProblem(resp *http.Response) *problem.Error {
 	if json.Unmarshal(b, &body) != nil || body.Code == "" {
 		return nil
 	}
-	return &problem.Error{Code: body.Code, Detail: body.Detail, Details: body.Details}
+	pe := &problem.Error{Code: body.Code, Detail: body.Detail, Details: body.Details}
+	if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+		pe.RetryAfter = time.Duration(secs) * time.Second
+	}
+	return pe
 }
 
 // relayBackend carries a client's connection to the owner's, frame by
@@ -239,8 +246,19 @@ func (s *Server) proxyFilesToOwner(w http.ResponseWriter, r *http.Request, sess 
 		},
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			s.writeError(w, r, problem.Wrap(problem.BadGateway, err, "the replica that runs this session's target is unreachable"))
+			s.writeError(w, r, problem.Wrap(problem.BadGateway, dialCause(err), "the replica that runs this session's target is unreachable"))
 		},
 	}
 	rp.ServeHTTP(w, r)
+}
+
+// dialCause strips the *url.Error layer off a failed dial to the owner:
+// its text quotes the connect URL, token included, and a problem's cause
+// may be logged.
+func dialCause(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("dial owner replica: %w", ue.Err)
+	}
+	return err
 }
