@@ -170,22 +170,22 @@ func formatMode(m fs.FileMode) string {
 	return fmt.Sprintf("%04o", v)
 }
 
-// parseMode reads an octal mode string ("0644", "755"); "" means none.
+// parseMode reads an octal mode string ("0644", "755", sticky "1777");
+// "" means none. Setuid and setgid bits are refused.
 func parseMode(s string) (fs.FileMode, bool, *problem.Error) {
 	if s == "" {
 		return 0, false, nil
 	}
 	v, err := strconv.ParseUint(s, 8, 32)
 	if err != nil || v > 0o7777 {
-		return 0, false, problem.New(problem.InvalidArgument, "mode must be an octal string up to 7777, like \"0644\"").With("field", "mode")
+		return 0, false, problem.New(problem.InvalidArgument, "mode must be an octal string up to 1777, like \"0644\"").With("field", "mode")
+	}
+	if v&0o6000 != 0 {
+		// A client must not plant a set-id program for the workload (or
+		// anyone on the host) to run with the owner's rights.
+		return 0, false, problem.New(problem.InvalidArgument, "setuid and setgid modes are refused").With("field", "mode")
 	}
 	m := fs.FileMode(v & 0o777)
-	if v&0o4000 != 0 {
-		m |= fs.ModeSetuid
-	}
-	if v&0o2000 != 0 {
-		m |= fs.ModeSetgid
-	}
 	if v&0o1000 != 0 {
 		m |= fs.ModeSticky
 	}
@@ -343,7 +343,7 @@ func beginUpload(root *os.Root, p string, size, max int64, mode string) (*upload
 			return nil, problem.New(problem.InvalidArgument, "%s: is a directory", p)
 		}
 		if !hasMode {
-			m = fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+			m = fi.Mode() & (fs.ModePerm | fs.ModeSticky) // never set-id: see parseMode
 			hasMode = true
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {

@@ -455,6 +455,17 @@ func TestFilesOps(t *testing.T) {
 	}
 	wantCode(t, "write over dir", c.write("a", strings.NewReader("x"), -1, 1), "invalid_argument")
 	wantCode(t, "write bad mode", c.do(map[string]any{"op": "write", "path": "m", "mode": "999"}), "invalid_argument")
+	wantCode(t, "write setuid", c.do(map[string]any{"op": "write", "path": "m", "mode": "4755"}), "invalid_argument")
+	wantCode(t, "write setgid", c.do(map[string]any{"op": "write", "path": "m", "mode": "2711"}), "invalid_argument")
+	// Replacing a set-id file keeps its permission bits, not the set-id.
+	_ = os.Chmod(filepath.Join(fs.root, "run.sh"), 0o4755)
+	wantCode(t, "replace setuid", c.write("run.sh", strings.NewReader("newer"), -1, 2), "")
+	if fi, _ := os.Stat(filepath.Join(fs.root, "run.sh")); fi.Mode()&(os.ModeSetuid|os.ModeSetgid) != 0 || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("replaced set-id file mode %v", fi.Mode())
+	}
+	if _, err := os.Stat(filepath.Join(fs.root, "m")); !os.IsNotExist(err) {
+		t.Fatal("a refused mode left a file")
+	}
 	noTemps(t, fs.root)
 }
 
