@@ -34,6 +34,11 @@ func newFakeBrowser(t testing.TB, handle func(ctx context.Context, c *websocket.
 	t.Helper()
 	f := &fakeBrowser{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Add before the upgrade: srv.Close waits for handlers that have
+		// not hijacked their connection yet, so this Add happens before
+		// the cleanup's Wait (after the upgrade it would race with it).
+		f.wg.Add(1)
+		defer f.wg.Done()
 		f.mu.Lock()
 		f.host, f.origin = r.Host, r.Header.Get("Origin")
 		f.mu.Unlock()
@@ -42,8 +47,6 @@ func newFakeBrowser(t testing.TB, handle func(ctx context.Context, c *websocket.
 			return
 		}
 		c.SetReadLimit(channels.MaxCDPMessage)
-		f.wg.Add(1)
-		defer f.wg.Done()
 		handle(r.Context(), c)
 		_ = c.CloseNow()
 	}))

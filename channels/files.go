@@ -50,6 +50,17 @@ type FilesOptions struct {
 	// sandbox) or "out". It is called from several goroutines and must not
 	// block.
 	OnBytes func(dir string, n int)
+	// Owner, if not nil, is given every file and directory the channel
+	// creates: the user the workload runs as, when that is not the
+	// gateway's (the gateway then runs as root, and what it creates would
+	// otherwise be root's, read-only to the workload). Nil leaves them the
+	// gateway's.
+	Owner *Owner
+}
+
+// Owner is a user and group (FilesOptions.Owner).
+type Owner struct {
+	UID, GID int
 }
 
 // ServeFiles serves nimbus.files.v1 on conn (already upgraded) for the
@@ -480,7 +491,7 @@ func (c *filesConn) begin(id uint32, req *filesRequest) {
 		}
 		size = *req.Size
 	}
-	u, perr := beginUpload(c.root, req.Path, size, c.opt.MaxFileSize, req.Mode)
+	u, perr := beginUpload(c.root, req.Path, size, c.opt.MaxFileSize, req.Mode, c.opt.Owner)
 	if perr != nil {
 		c.markFailed(id)
 		c.replyErr(id, perr, true)
@@ -530,7 +541,7 @@ func (c *filesConn) run(id uint32, req *filesRequest) {
 	case "mkdir":
 		var name string
 		if name, perr = filesLeaf(req.Path); perr == nil {
-			perr = makeDir(c.root, req.Path, name, req.Parents)
+			perr = makeDir(c.root, req.Path, name, req.Parents, c.opt.Owner)
 		}
 	case "remove":
 		var name string

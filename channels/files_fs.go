@@ -246,18 +246,52 @@ func listDir(root *os.Root, p, name string) (entries []fileEntry, truncated bool
 
 // makeDir creates name; with parents, missing parents too and an
 // existing directory is fine. Without parents an existing name is
-// already_exists.
-func makeDir(root *os.Root, p, name string, parents bool) *problem.Error {
+// already_exists. What it creates is given to owner (if not nil).
+func makeDir(root *os.Root, p, name string, parents bool, owner *Owner) *problem.Error {
 	var err error
 	if parents {
-		err = root.MkdirAll(name, filesDirMode)
-	} else {
-		err = root.Mkdir(name, filesDirMode)
+		err = mkdirAll(root, name, owner)
+	} else if err = root.Mkdir(name, filesDirMode); err == nil {
+		err = chown(root, name, owner)
 	}
 	if err != nil {
 		return filesError(p, err)
 	}
 	return nil
+}
+
+// mkdirAll is root.MkdirAll, giving each directory it creates to owner.
+func mkdirAll(root *os.Root, name string, owner *Owner) error {
+	if owner == nil {
+		return root.MkdirAll(name, filesDirMode)
+	}
+	cur := ""
+	for part := range strings.SplitSeq(name, "/") {
+		cur = path.Join(cur, part)
+		err := root.Mkdir(cur, filesDirMode)
+		if err == nil {
+			err = chown(root, cur, owner)
+		} else if errors.Is(err, fs.ErrExist) {
+			err = nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if fi, err := root.Stat(name); err != nil {
+		return err
+	} else if !fi.IsDir() {
+		return &fs.PathError{Op: "mkdir", Path: name, Err: syscall.ENOTDIR}
+	}
+	return nil
+}
+
+// chown gives name (not a symlink's target) to owner; nil is a no-op.
+func chown(root *os.Root, name string, owner *Owner) error {
+	if owner == nil {
+		return nil
+	}
+	return root.Lchown(name, owner.UID, owner.GID)
 }
 
 // removePath removes a file, symlink or empty directory; with recursive,
@@ -317,9 +351,9 @@ type upload struct {
 var errTooLarge = errors.New("files: upload too large")
 
 // beginUpload validates the target, creates its missing parents and the
-// temp file. size is the announced size or -1; mode "" keeps the mode of
-// the file it replaces, or 0644.
-func beginUpload(root *os.Root, p string, size, max int64, mode string) (*upload, *problem.Error) {
+// temp file, all given to owner (if not nil). size is the announced size
+// or -1; mode "" keeps the mode of the file it replaces, or 0644.
+func beginUpload(root *os.Root, p string, size, max int64, mode string, owner *Owner) (*upload, *problem.Error) {
 	name, perr := filesLeaf(p)
 	if perr != nil {
 		return nil, perr
@@ -334,7 +368,7 @@ func beginUpload(root *os.Root, p string, size, max int64, mode string) (*upload
 	dir, base := path.Split(name)
 	dir = path.Clean(dir)
 	if dir != "." {
-		if err := root.MkdirAll(dir, filesDirMode); err != nil {
+		if err := mkdirAll(root, dir, owner); err != nil {
 			return nil, filesError(p, err)
 		}
 	}
@@ -363,6 +397,13 @@ func beginUpload(root *os.Root, p string, size, max int64, mode string) (*upload
 	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, filesError(p, err)
+	}
+	if owner != nil {
+		if err := f.Chown(owner.UID, owner.GID); err != nil {
+			f.Close()
+			_ = root.Remove(tmp)
+			return nil, filesError(p, err)
+		}
 	}
 	return &upload{root: root, p: p, name: name, tmp: tmp, f: f, h: sha256.New(), size: size, max: max, mode: m}, nil
 }

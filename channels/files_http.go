@@ -131,7 +131,7 @@ func (h *filesHTTP) put() error {
 	if fi, err := h.root.Stat(h.name); err == nil && !fi.IsDir() {
 		existed = true
 	}
-	u, perr := beginUpload(h.root, h.path, size, h.opt.MaxFileSize, h.r.URL.Query().Get("mode"))
+	u, perr := beginUpload(h.root, h.path, size, h.opt.MaxFileSize, h.r.URL.Query().Get("mode"), h.opt.Owner)
 	if perr != nil {
 		return perr
 	}

@@ -210,7 +210,11 @@ func (s *stdio) output(stop, wctx context.Context, sub *targets.Subscription) er
 		if err != nil {
 			break
 		}
-		if err := s.writeBatch(stop, wctx, sub, batch); err != nil {
+		err := s.writeBatch(stop, wctx, sub, batch)
+		// writeBatch released every chunk, possibly from a grown copy of
+		// batch: drop this array's references, none of them to be read.
+		clear(batch)
+		if err != nil {
 			return err
 		}
 	}

@@ -255,7 +255,10 @@ func TestStdioStdoutAndStderr(t *testing.T) {
 func TestStdioBulkAndSmallOutput(t *testing.T) {
 	t.Parallel()
 	var sizes sync.Map // message sizes seen, for the two paths
-	opt := channels.StdioOptions{OnBytes: func(dir string, n int) {
+	// A backlog bound over the whole output: this test is about every
+	// byte arriving, and a -race client on a loaded machine may read
+	// slower than the slow-consumer rule allows.
+	opt := channels.StdioOptions{MaxBacklog: 16 << 20, OnBytes: func(dir string, n int) {
 		if dir == "out" {
 			sizes.Store(n > 32<<10, true)
 		}

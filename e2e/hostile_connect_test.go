@@ -562,8 +562,9 @@ func TestHostileFilePaths(t *testing.T) {
 	}
 }
 
-// readUntilOutput reads s until its output contains want.
-func readUntilOutput(t testing.TB, s *client.Stdio, want string) {
+// readUntilOutput reads s until its output contains want, and returns
+// the output read.
+func readUntilOutput(t testing.TB, s *client.Stdio, want string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -575,4 +576,5 @@ func readUntilOutput(t testing.TB, s *client.Stdio, want string) {
 		}
 		got = append(got, data...)
 	}
+	return string(got)
 }

@@ -30,10 +30,14 @@ func (b *filesBackend) serve(ctx context.Context, conn *websocket.Conn) error {
 func (b *filesBackend) release() {}
 
 func (s *Server) filesOptions() channels.FilesOptions {
-	return channels.FilesOptions{
+	o := channels.FilesOptions{
 		MaxFileSize: s.maxFileSize,
 		OnBytes:     func(dir string, n int) { s.metrics.bytes.WithLabelValues("files", dir).Add(float64(n)) },
 	}
+	if c := s.catalog.RunAs(); c != nil {
+		o.Owner = &channels.Owner{UID: int(c.UID), GID: int(c.GID)}
+	}
+	return o
 }
 
 // attachFiles finds the file root of a session's sandbox.

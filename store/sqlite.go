@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -74,6 +75,13 @@ func openSQLite(path string, o options) (*SQLite, error) {
 	}
 	if o.busyTimeout <= 0 {
 		o.busyTimeout = busyTimeout
+	}
+	// A new database is created owner-only (SQLite gives its -wal and
+	// -shm files the database file's mode): it holds every tenant's
+	// sessions and audit trail, and the data directory may be passable to
+	// workloads running as another user.
+	if f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+		f.Close()
 	}
 	write, err := sql.Open("sqlite", dsn(path, o, false))
 	if err != nil {

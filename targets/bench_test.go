@@ -29,6 +29,7 @@ func BenchmarkWorkloadOutput(b *testing.B) {
 							for _, c := range buf {
 								n += len(c.Data)
 							}
+							ReleaseAll(buf)
 							if err != nil {
 								if err == io.EOF && n != size {
 									err = io.ErrUnexpectedEOF

@@ -60,6 +60,10 @@ type Options struct {
 	// StopGrace is the time between SIGTERM and SIGKILL when a workload is
 	// stopped (DeleteSandbox, Close); 0 means 2 s.
 	StopGrace time.Duration
+	// RunAs, if not nil, is the user and group every workload runs as,
+	// owner of its sandbox root; the gateway must then run as root. Nil
+	// runs workloads as the gateway's own user (see Credential).
+	RunAs *Credential
 }
 
 // Resolved is what an open's target resolves to (SPEC §4.1 step 4).
@@ -135,9 +139,13 @@ func NewCatalog(store Store, opts Options) *Catalog {
 		dir = abs
 	}
 	c.dataDir = dir
-	c.wcfg = workloadConfig{ringSize: opts.RingSize, log: c.log}
+	c.wcfg = workloadConfig{ringSize: opts.RingSize, log: c.log, runAs: opts.RunAs}
 	return c
 }
+
+// RunAs is the user workloads run as (Options.RunAs), nil for the
+// gateway's own; the files channel gives what it creates to this user.
+func (c *Catalog) RunAs() *Credential { return c.wcfg.runAs }
 
 // Seed adds cfg to the catalog; it is idempotent and safe on every start.
 // Each service is PutService'd (an unchanged definition keeps its

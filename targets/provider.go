@@ -49,6 +49,7 @@ type workloadConfig struct {
 	ringSize int           // replay ring, default 64 KiB
 	drain    time.Duration // default defaultDrain
 	log      *zap.Logger   // nil = nop
+	runAs    *Credential   // nil = the gateway's user
 }
 
 // startWorkload starts sb.Command in sb.Root and returns once the process
@@ -81,7 +82,7 @@ func startWorkload(sb Sandbox, cfg workloadConfig) (*Workload, error) {
 		Args:        sb.Command,
 		Env:         env,
 		Dir:         sb.Root,
-		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: cfg.runAs.sysProcCredential()},
 	}
 	w := &Workload{tty: sb.TTY, drain: cfg.drain, log: cfg.log, done: make(chan struct{})}
 	w.hub.ring.size = cfg.ringSize
@@ -218,7 +219,10 @@ func (w *Workload) read(f *os.File, stream byte) {
 	}()
 	size, window := minSlab, minSlab/4
 	for {
-		if len(free) <= window {
+		// The last read of a slab may be a little short of the window (each
+		// read takes a byte for its stream): a slab of 4 windows holds 4
+		// reads, not 3 and an unused quarter.
+		if len(free) <= window/2 {
 			if cur != nil {
 				cur.release()
 			}
@@ -226,7 +230,7 @@ func (w *Workload) read(f *os.File, stream byte) {
 			free = cur.buf
 		}
 		free[0] = stream
-		n, err := f.Read(free[1 : 1+window])
+		n, err := f.Read(free[1 : 1+min(window, len(free)-1)])
 		if n > 0 {
 			msg := free[: 1+n : 1+n]
 			w.hub.publish(Chunk{Stream: stream, Data: msg[1:], msg: msg, slab: cur})

@@ -3,7 +3,6 @@ package targets
 import (
 	"context"
 	"fmt"
-	"os"
 	"slices"
 
 	"go.uber.org/zap"
@@ -114,7 +113,7 @@ func (c *Catalog) DeleteSandbox(ctx context.Context, tenantID, id string) (Sandb
 // ctx, so the store never says pending about a running workload.
 func (c *Catalog) start(ctx context.Context, sb Sandbox) (Sandbox, error) {
 	ctx = context.WithoutCancel(ctx)
-	if err := os.MkdirAll(sb.Root, 0o750); err != nil {
+	if err := prepareRoot(sb.Root, c.wcfg.runAs); err != nil {
 		return c.fail(ctx, sb, "create sandbox root: "+err.Error())
 	}
 	w, err := startWorkload(sb, c.wcfg)

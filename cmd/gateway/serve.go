@@ -30,6 +30,7 @@ import (
 // serveConfig is everything `gateway serve` reads from flags and env.
 type serveConfig struct {
 	addr, dataDir, config, store, publicURL, chromium, logLevel string
+	sandboxUser                                                 string
 	tenantKeys                                                  listFlag
 	connectKeys                                                 string
 	ttlDefault, ttlMax                                          time.Duration
@@ -52,6 +53,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.config, "config", "", "catalog YAML to seed (default: the embedded demo catalog, same as testdata/catalog.yaml)")
 	fs.StringVar(&c.store, "store", "", "store: a SQLite file path (default <data-dir>/nimbus.db)")
 	fs.StringVar(&c.publicURL, "public-url", "", "base URL of minted connect URLs (default: from each request's Host)")
+	fs.StringVar(&c.sandboxUser, "sandbox-user", "", `user[:group] the sandbox workloads run as (needs the gateway to run as root); default: the gateway's own user, which lets workloads read the data directory's keys`)
 	fs.StringVar(&c.chromium, "chromium", "", "Chromium binary for the browser service (default: found on PATH)")
 	fs.Var(&c.tenantKeys, "tenant-key", "tenant-token verification key file (HS256 secret, Ed25519 or RSA public key PEM); repeatable; default: the development key in the data dir")
 	fs.StringVar(&c.connectKeys, "connect-keys", "", `connect-URL keyset: a JSON file, or the JSON itself ({"signing":"k2","keys":{"k1":"<base64>","k2":"<base64>"}}); default: <data-dir>/keys/connect.json, created if absent`)
@@ -107,7 +109,18 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	catalog := targets.NewCatalog(db, targets.Options{DataDir: c.dataDir, Logger: log})
+	runAs, err := parseSandboxUser(c.sandboxUser)
+	if err != nil {
+		return err
+	}
+	if runAs != nil {
+		if err := openDataDirTo(c.dataDir, *runAs); err != nil {
+			return fmt.Errorf("--sandbox-user: %w", err)
+		}
+	} else if os.Geteuid() == 0 {
+		log.Warn("sandbox workloads run as root, the gateway's user: they can read its keys and database; set --sandbox-user")
+	}
+	catalog := targets.NewCatalog(db, targets.Options{DataDir: c.dataDir, Logger: log, RunAs: runAs})
 	if err := catalog.Seed(ctx, cfg); err != nil {
 		return fmt.Errorf("seeding the catalog: %w", err)
 	}
