@@ -36,6 +36,9 @@ type Store interface {
 	DueSessions(ctx context.Context, limit int) ([]*Session, error)
 	// CountOpen counts the tenant's sessions that are open at now.
 	CountOpen(ctx context.Context, tenantID string, now time.Time) (int, error)
+	// OpenByTenant counts the sessions open at now of every tenant that
+	// has any (the open-sessions gauge).
+	OpenByTenant(ctx context.Context, now time.Time) (map[string]int, error)
 	// AppendAudit stores events that do not accompany a change (denied
 	// opens, lookups, connects).
 	AppendAudit(ctx context.Context, evs ...Event) error

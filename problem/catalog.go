@@ -21,6 +21,7 @@ const (
 	ResourceExhausted  Code = "resource_exhausted"
 	PayloadTooLarge    Code = "payload_too_large"
 	MethodNotAllowed   Code = "method_not_allowed"
+	UpgradeRequired    Code = "upgrade_required"
 	BadGateway         Code = "bad_gateway"
 	Unavailable        Code = "unavailable"
 	Internal           Code = "internal"
@@ -62,6 +63,8 @@ var Catalog = []Entry{
 		"The request body is over its limit: 1 MiB for JSON bodies; the configured maximum file size (16 GiB by default) for uploads through the files channel."},
 	{MethodNotAllowed, http.StatusMethodNotAllowed, "Method not allowed",
 		"The route exists but not with this HTTP method; `Allow` lists the methods it takes."},
+	{UpgradeRequired, http.StatusUpgradeRequired, "Upgrade required",
+		"A connect URL was fetched without a WebSocket handshake (say, pasted into a browser's address bar), or with a WebSocket version other than 13; `Upgrade` (and `Sec-WebSocket-Version`) say what to send. Nothing was attached."},
 	{BadGateway, http.StatusBadGateway, "Bad gateway",
 		"The target could not be reached when connecting (its workload or browser is gone)."},
 	{Unavailable, http.StatusServiceUnavailable, "Unavailable",

@@ -100,6 +100,12 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, sid string
 		Action: lease.ActionConnect, Outcome: lease.Success, SessionID: sid,
 		RequestID: requestID(r.Context()), RemoteAddr: r.RemoteAddr,
 	}}
+	if perr := checkHandshake(w, r); perr != nil {
+		ev.Outcome, ev.Code = lease.Denied, string(perr.Code)
+		s.recordDenied(r.Context(), ev)
+		s.writeError(w, r, perr)
+		return
+	}
 	sess, be, adm, err := s.admit(r, claims, ch, attach)
 	if err != nil {
 		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
@@ -300,6 +306,42 @@ func isPeerGone(err error) bool {
 // isUpgrade reports whether r asks for a WebSocket.
 func isUpgrade(r *http.Request) bool {
 	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+}
+
+// checkHandshake refuses, before anything is attached (a browser dialled,
+// a connection counted), what websocket.Accept would refuse with a plain
+// text answer: no WebSocket handshake at all (a connect URL pasted into a
+// browser) or a version other than 13 is 426 with the header that says
+// what to send (RFC 9110 §15.5.22, RFC 6455 §4.4); a handshake without
+// its key is 400.
+func checkHandshake(w http.ResponseWriter, r *http.Request) *problem.Error {
+	if r.Method != http.MethodGet || !isUpgrade(r) || !hasToken(r.Header, "Connection", "upgrade") {
+		w.Header().Set("Upgrade", "websocket")
+		return problem.New(problem.UpgradeRequired, "this URL is a WebSocket endpoint: connect to it with a WebSocket client")
+	}
+	if v := r.Header.Get("Sec-WebSocket-Version"); v != "13" {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+		return problem.New(problem.UpgradeRequired, "WebSocket version %q is not supported; this gateway speaks 13", v).
+			With("field", "Sec-WebSocket-Version")
+	}
+	if r.Header.Get("Sec-WebSocket-Key") == "" {
+		return problem.New(problem.InvalidArgument, "the WebSocket handshake has no Sec-WebSocket-Key").
+			With("field", "Sec-WebSocket-Key")
+	}
+	return nil
+}
+
+// hasToken reports whether the comma-separated header name holds token
+// (case-insensitively), as in "Connection: keep-alive, Upgrade".
+func hasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // connectToken takes the connect token from ?token= or, for clients that

@@ -106,16 +106,26 @@ func TestConnectRefusals(t *testing.T) {
 		path   string
 		status int
 		code   string
+		hdr    map[string]string // set over the upgrade headers; "" deletes
+		want   map[string]string // response headers
 	}{
-		{"no token", "/v1/connect/" + sidA + "/stdio", 401, "unauthenticated"},
-		{"garbage token", path(sidA, "stdio", "x.y.z"), 401, "unauthenticated"},
-		{"tampered token", path(sidA, "stdio", string(tampered)), 401, "unauthenticated"},
-		{"tenant token", path(sidA, "stdio", tok), 401, "unauthenticated"},
-		{"wrong channel", path(sidA, "stdio", tokenOf(urlsA["files"])), 403, "permission_denied"},
-		{"wrong session", path(sidB, "stdio", tokenOf(urlsA["stdio"])), 403, "permission_denied"},
-		{"closed session", path(closedSid, "stdio", tokenOf(closedURLs["stdio"])), 409, "session_not_open"},
-		{"expired session", strings.TrimPrefix(shortURLs["stdio"], "ws://"+strings.TrimPrefix(e.URL, "http://")), 409, "session_not_open"},
-		{"connection limit", path(sidB, "stdio", tokenOf(urlsB["stdio"])), 429, "resource_exhausted"},
+		{"no token", "/v1/connect/" + sidA + "/stdio", 401, "unauthenticated", nil, nil},
+		{"garbage token", path(sidA, "stdio", "x.y.z"), 401, "unauthenticated", nil, nil},
+		{"tampered token", path(sidA, "stdio", string(tampered)), 401, "unauthenticated", nil, nil},
+		{"tenant token", path(sidA, "stdio", tok), 401, "unauthenticated", nil, nil},
+		{"wrong channel", path(sidA, "stdio", tokenOf(urlsA["files"])), 403, "permission_denied", nil, nil},
+		{"wrong session", path(sidB, "stdio", tokenOf(urlsA["stdio"])), 403, "permission_denied", nil, nil},
+		{"closed session", path(closedSid, "stdio", tokenOf(closedURLs["stdio"])), 409, "session_not_open", nil, nil},
+		{"expired session", strings.TrimPrefix(shortURLs["stdio"], "ws://"+strings.TrimPrefix(e.URL, "http://")), 409, "session_not_open", nil, nil},
+		{"connection limit", path(sidB, "stdio", tokenOf(urlsB["stdio"])), 429, "resource_exhausted", nil, nil},
+		// A connect URL pasted into a browser: no handshake at all.
+		{"no handshake", path(sidA, "stdio", tokenOf(urlsA["stdio"])), 426, "upgrade_required",
+			map[string]string{"Connection": "", "Upgrade": "", "Sec-WebSocket-Version": "", "Sec-WebSocket-Key": ""},
+			map[string]string{"Upgrade": "websocket"}},
+		{"websocket version 8", path(sidA, "stdio", tokenOf(urlsA["stdio"])), 426, "upgrade_required",
+			map[string]string{"Sec-WebSocket-Version": "8"}, map[string]string{"Sec-WebSocket-Version": "13"}},
+		{"no websocket key", path(sidA, "stdio", tokenOf(urlsA["stdio"])), 400, "invalid_argument",
+			map[string]string{"Sec-WebSocket-Key": ""}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -126,6 +136,13 @@ func TestConnectRefusals(t *testing.T) {
 			req.Header.Set("Upgrade", "websocket")
 			req.Header.Set("Sec-WebSocket-Version", "13")
 			req.Header.Set("Sec-WebSocket-Key", base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")))
+			for k, v := range c.hdr {
+				if v == "" {
+					req.Header.Del(k)
+				} else {
+					req.Header.Set(k, v)
+				}
+			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -135,6 +152,11 @@ func TestConnectRefusals(t *testing.T) {
 			r := response{Status: resp.StatusCode, Header: resp.Header, Body: body}
 			if r.Status != c.status || r.Code(t) != c.code {
 				t.Fatalf("got %d %s, want %d %s: %s", r.Status, r.Code(t), c.status, c.code, body)
+			}
+			for k, v := range c.want {
+				if got := resp.Header.Get(k); got != v {
+					t.Errorf("header %s = %q, want %q", k, got, v)
+				}
 			}
 		})
 	}
@@ -217,7 +239,7 @@ func TestExpiryDisconnects200(t *testing.T) {
 	// Freeze the server's clock so that all 200 sessions share createdAt
 	// and so expiresAt; connections run on the real clock.
 	e.clock.Advance(0)
-	ttl := 8000
+	ttl := 15000 // setup (200 opens and dials) takes seconds on a loaded 2-core machine under -race
 	expiresAt := e.clock.Now().Add(time.Duration(ttl) * time.Millisecond)
 	conns := make([]*client.Stdio, n)
 	for i := range conns {

@@ -68,8 +68,16 @@ func TestHealthReadyMetrics(t *testing.T) {
 		t.Fatalf("readyz %d %s", r.Status, r.Body)
 	}
 	e.mustOpen(e.alice(), workerOpen())
+	second := e.mustOpen(e.alice(), workerOpen())
+	id := field(second, "metadata", "id").(string)
+	for range 2 { // the repeat is idempotent: one close counted
+		if r := e.do(http.MethodPost, "/v1/tenants/demo/sessions/"+id+"/close", e.alice(), nil); r.Status != 200 {
+			t.Fatalf("close: %d %s", r.Status, r.Body)
+		}
+	}
 	r := e.do(http.MethodGet, "/metrics", "", nil)
-	for _, want := range []string{"nimbus_sessions_opened_total{kind=\"sandbox\"} 1", "nimbus_session_open_seconds_count 1", "nimbus_http_requests_total"} {
+	for _, want := range []string{"nimbus_sessions_opened_total{kind=\"sandbox\"} 2", "nimbus_session_open_seconds_count 2",
+		"nimbus_http_requests_total", "nimbus_sessions_open{tenant=\"demo\"} 1", "nimbus_sessions_closed_total 1"} {
 		if !strings.Contains(string(r.Body), want) {
 			t.Errorf("metrics lack %q", want)
 		}
@@ -116,5 +124,22 @@ func TestUnknownNestedFieldNamed(t *testing.T) {
 	r := e.open(e.alice(), `{"target":{"service":{"name":"worker","kind":"x"}},"channels":["stdio"]}`)
 	if f := field(r.JSON(t), "details", "field"); f != "target.service.kind" {
 		t.Fatalf("details.field = %v: %s", f, r.Body)
+	}
+}
+
+// A 405 says which methods the route takes (RFC 9110 §15.5.6), through
+// the router as well as from the files face.
+func TestMethodNotAllowedAllow(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for _, c := range []struct{ method, path, allow string }{
+		{http.MethodDelete, "/v1/tenants/demo/sessions", "GET, POST"},
+		{http.MethodPost, "/v1/connect/ses_x/stdio", "GET, HEAD"},
+		{http.MethodPost, "/v1/connect/ses_x/files/a.txt", "GET, HEAD, PUT, DELETE"},
+		{http.MethodPut, "/healthz", "GET"},
+	} {
+		r := e.do(c.method, c.path, e.alice(), nil)
+		if r.Status != 405 || r.Code(t) != "method_not_allowed" || r.Header.Get("Allow") != c.allow {
+			t.Errorf("%s %s: %d %s, Allow %q (want %q)", c.method, c.path, r.Status, r.Code(t), r.Header.Get("Allow"), c.allow)
+		}
 	}
 }

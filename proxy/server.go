@@ -135,6 +135,7 @@ func New(o Options) *Server {
 		s.now = time.Now
 	}
 	s.metrics = newMetrics(s.registry)
+	s.registry.MustRegister(openSessionsCollector{store: s.sessions, now: s.now, log: s.log})
 	s.handler = s.routes()
 	return s
 }
@@ -169,7 +170,11 @@ func (s *Server) routes() http.Handler {
 	// adapter's to judge, never a redirect).
 	r := mux.NewRouter().SkipClean(true)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNotFoundRoute) })
-	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errMethod) })
+	router := r
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", strings.Join(allowedMethods(router, r), ", "))
+		s.writeError(w, r, errMethod)
+	})
 
 	s.browserRoutes(r)
 	r.HandleFunc("/v1/connect/{session}/files/{path:.*}", s.filesHTTP).
@@ -226,4 +231,19 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// allowedMethods lists the methods router would take for r's path: the
+// Allow header of a 405 (RFC 9110 §15.5.6).
+func allowedMethods(router *mux.Router, r *http.Request) []string {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		var match mux.RouteMatch
+		if router.Match(probe, &match) && match.MatchErr == nil {
+			allow = append(allow, m)
+		}
+	}
+	return allow
 }

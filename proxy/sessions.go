@@ -254,8 +254,8 @@ func (s *Server) closeSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.logAudit(ev.Event)
-	s.metrics.closed.Inc()
-	if closedNow {
+	if closedNow { // an idempotent repeat closes nothing
+		s.metrics.closed.Inc()
 		s.openCounts.add(p.Tenant, -1)
 	}
 	if sess.CloseReason != nil {

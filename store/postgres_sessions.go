@@ -274,6 +274,29 @@ func (s *Postgres) CountOpen(ctx context.Context, tenantID string, now time.Time
 	return n, pgErr(err, "count open sessions")
 }
 
+// OpenByTenant implements lease.Store.
+func (s *Postgres) OpenByTenant(ctx context.Context, now time.Time) (map[string]int, error) {
+	if s.closed() {
+		return nil, errClosed()
+	}
+	rows, err := s.pool.Query(ctx, `SELECT tenant_id, count(*) FROM sessions
+		WHERE state = 'open' AND expires_at > $1 GROUP BY tenant_id`, ms(now))
+	if err != nil {
+		return nil, pgErr(err, "open sessions by tenant")
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var t string
+		var n int
+		if err := rows.Scan(&t, &n); err != nil {
+			return nil, pgErr(err, "open sessions by tenant")
+		}
+		out[t] = n
+	}
+	return out, pgErr(rows.Err(), "open sessions by tenant")
+}
+
 // sessionArgs are the named arguments of pgSessionValues.
 func sessionArgs(sess *lease.Session) (pgx.NamedArgs, error) {
 	channels, err := json.Marshal(sess.Channels)

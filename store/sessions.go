@@ -250,6 +250,29 @@ func (s *SQLite) CountOpen(ctx context.Context, tenantID string, now time.Time) 
 	return n, storeErr(err, "count open sessions")
 }
 
+// OpenByTenant implements lease.Store.
+func (s *SQLite) OpenByTenant(ctx context.Context, now time.Time) (map[string]int, error) {
+	if s.closed() {
+		return nil, errClosed()
+	}
+	rows, err := s.query(ctx, `SELECT tenant_id, COUNT(*) FROM sessions
+		WHERE state = 'open' AND expires_at > ? GROUP BY tenant_id`, ms(now))
+	if err != nil {
+		return nil, storeErr(err, "open sessions by tenant")
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var t string
+		var n int
+		if err := rows.Scan(&t, &n); err != nil {
+			return nil, storeErr(err, "open sessions by tenant")
+		}
+		out[t] = n
+	}
+	return out, storeErr(rows.Err(), "open sessions by tenant")
+}
+
 // scanSession reads one row of sessionColumns.
 func scanSession(row rowScanner) (*lease.Session, error) {
 	var (

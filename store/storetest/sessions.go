@@ -359,6 +359,10 @@ func testCountOpen(t *testing.T, st Stores) {
 		if err != nil || n != tc.want {
 			t.Errorf("CountOpen at %v = %d, %v; want %d", tc.now.Sub(t0), n, err, tc.want)
 		}
+		all, err := st.Sessions.OpenByTenant(ctx, tc.now)
+		if err != nil || all["demo"] != tc.want || all["other"] != 1 || len(all) != 1+min(tc.want, 1) {
+			t.Errorf("OpenByTenant at %v = %v, %v; want demo %d, other 1", tc.now.Sub(t0), all, err, tc.want)
+		}
 	}
 }
 
