@@ -124,13 +124,13 @@ func RelayCDP(ctx context.Context, client, upstream *websocket.Conn, o CDPOption
 	// The browser side is disposable: cut it, which also stops the
 	// browser → client copier between (or inside) messages.
 	_ = upstream.CloseNow()
+	// One second in all (SPEC §5) for the message in flight to a client
+	// that may not be reading and for the close handshake, then the
+	// connection is cut.
+	t := time.AfterFunc(closeLinger, cutClient)
 	if downRunning {
-		// It may be stuck writing to a client that does not read.
-		t := time.AfterFunc(closeLinger, cutClient)
 		<-down
-		t.Stop()
 	}
-	t := time.AfterFunc(closeLinger, cutClient) // cuts the handshake's wait
 	if ce, ok := AsClose(err); ok {
 		_ = client.Close(ce.Code, ce.Reason)
 	} else {

@@ -145,8 +145,10 @@ func (s *stdio) serve(ctx context.Context) error {
 	// it), but cut a write stuck for good.
 	var lingerMu sync.Mutex
 	var linger *time.Timer
+	var stoppedAt time.Time
 	stopLinger := context.AfterFunc(stop, func() {
 		lingerMu.Lock()
+		stoppedAt = time.Now()
 		linger = time.AfterFunc(closeLinger, func() { cutWrites(errStuckWrite) })
 		lingerMu.Unlock()
 	})
@@ -155,6 +157,13 @@ func (s *stdio) serve(ctx context.Context) error {
 	lingerMu.Lock()
 	if linger != nil {
 		linger.Stop()
+	}
+	// The frame in flight and the close handshake share one second from
+	// the stop (SPEC §5: gone within one second of expiresAt), not one
+	// second each.
+	handshake := closeLinger
+	if !stoppedAt.IsZero() {
+		handshake = max(closeLinger-time.Since(stoppedAt), 0)
 	}
 	lingerMu.Unlock()
 	s.stopped.Store(true)
@@ -179,7 +188,7 @@ func (s *stdio) serve(ctx context.Context) error {
 		}
 	}
 
-	t := time.AfterFunc(closeLinger, cutReads) // cuts the handshake's wait
+	t := time.AfterFunc(handshake, cutReads) // cuts the handshake's wait
 	if ce, ok := AsClose(err); ok {
 		_ = s.conn.Close(ce.Code, ce.Reason)
 	} else {
