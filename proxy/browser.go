@@ -189,6 +189,9 @@ func (s *Server) cdpDiscovery(w http.ResponseWriter, r *http.Request) {
 		}
 		r = r.Clone(r.Context())
 		r.URL.Path += suffix
+		q := r.URL.Query()
+		q.Set("token", tok)
+		r.URL.RawQuery = q.Encode() // as it would be forwarded to the owner
 	}
 	claims, err := s.connectKeys.VerifyFor(tok, sid, string(lease.CDP))
 	if err != nil {
@@ -202,6 +205,11 @@ func (s *Server) cdpDiscovery(w http.ResponseWriter, r *http.Request) {
 	}
 	if st := sess.StateAt(s.now()); st != lease.Open {
 		s.writeError(w, r, errNotOpen(sess.ID, st))
+		return
+	}
+	if s.isRemote(sess) {
+		// The browser runs on the replica that opened the session.
+		s.proxyToOwner(w, r, sess)
 		return
 	}
 	b, err := s.sessionBrowser(sess)

@@ -95,11 +95,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, sid string
 		s.writeError(w, r, err)
 		return
 	}
-	ev := &auditEvent{lease.Event{
-		ID: lease.NewEventID(), Time: lease.Millis(s.now()), TenantID: claims.Tenant, Principal: "connect-token",
-		Action: lease.ActionConnect, Outcome: lease.Success, SessionID: sid,
-		RequestID: requestID(r.Context()), RemoteAddr: r.RemoteAddr,
-	}}
+	ev := s.connectEvent(r, claims.Tenant, sid)
 	if perr := checkHandshake(w, r); perr != nil {
 		ev.Outcome, ev.Code = lease.Denied, string(perr.Code)
 		s.recordDenied(r.Context(), ev)
@@ -390,11 +386,27 @@ func (s *Server) recordConnect(ev *auditEvent) {
 	}
 }
 
+// connectEvent starts the audit event of a connect to session sid; its
+// principal becomes the session's creator once the session is read.
+func (s *Server) connectEvent(r *http.Request, tenant, sid string) *auditEvent {
+	return &auditEvent{lease.Event{
+		ID: lease.NewEventID(), Time: lease.Millis(s.now()), TenantID: tenant, Principal: "connect-token",
+		Action: lease.ActionConnect, Outcome: lease.Success, SessionID: sid,
+		RequestID: requestID(r.Context()), RemoteAddr: r.RemoteAddr,
+	}}
+}
+
 // recordDisconnect records the end of a connection with its close code.
 func (s *Server) recordDisconnect(connectEv *auditEvent, code websocket.StatusCode, reason string) {
+	s.recordEnd(connectEv, closeCodeName(code))
+}
+
+// recordEnd records the disconnect event of connectEv's connection with
+// code (ws_<close code>, or http_<status> for a files transfer).
+func (s *Server) recordEnd(connectEv *auditEvent, code string) {
 	ev := connectEv.Event
 	ev.ID, ev.Time, ev.Action = lease.NewEventID(), lease.Millis(s.now()), lease.ActionDisconnect
-	ev.Code = closeCodeName(code)
+	ev.Code = code
 	s.metrics.disconnects.WithLabelValues(ev.Code).Inc()
 	s.logAudit(ev)
 	if err := s.sessions.AppendAudit(context.Background(), ev); err != nil {

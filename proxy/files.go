@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -66,17 +67,27 @@ func (s *Server) serveFilesHTTP(w http.ResponseWriter, r *http.Request, sid, pat
 		return
 	}
 	if cur, err := s.sessions.GetSession(r.Context(), claims.Tenant, sid); err == nil && s.isRemote(cur) {
-		s.proxyFilesToOwner(w, r, cur)
+		s.proxyToOwner(w, r, cur)
 		return
 	}
+	// A transfer is audited like a WebSocket connection: connect (or the
+	// refusal) before, disconnect with its HTTP status after.
+	ev := s.connectEvent(r, claims.Tenant, sid)
 	sess, be, adm, err := s.admit(r, claims, lease.Files, nil)
 	if err != nil {
+		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
+		s.recordDenied(r.Context(), ev)
 		s.writeError(w, r, err)
 		return
 	}
 	defer adm.unregister()
 	defer be.release()
 	fb := be.(*filesBackend)
+	ev.Principal, ev.Target = sess.CreatedBy, sess.Target.String()
+	s.recordConnect(ev)
+	sw := &statusWriter{ResponseWriter: w}
+	w = sw
+	defer func() { s.recordTransferEnd(adm.ctx, ev, sw.status) }()
 
 	// The session's end cuts the transfer: deadlines in the past make the
 	// body read or the response write in progress fail at once.
@@ -100,4 +111,14 @@ func (s *Server) serveFilesHTTP(w http.ResponseWriter, r *http.Request, sid, pat
 		s.log.Info("files transfer ended early", zap.String("sessionId", sess.ID),
 			zap.String("requestId", requestID(r.Context())), zap.Error(err))
 	}
+}
+
+// recordTransferEnd records the end of a files HTTP transfer: code
+// http_<status>, or the close code of the session's end that cut it.
+func (s *Server) recordTransferEnd(ctx context.Context, connectEv *auditEvent, status int) {
+	code := fmt.Sprintf("http_%d", status)
+	if ce, ok := channels.AsClose(context.Cause(ctx)); ok {
+		code = closeCodeName(ce.Code)
+	}
+	s.recordEnd(connectEv, code)
 }

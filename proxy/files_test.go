@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -381,5 +382,41 @@ func TestFilesConcurrentOnOneConnection(t *testing.T) {
 				t.Errorf("read %s: answered %v, received %x, file %s", name, m["sha256"], readHash[id].Sum(nil), sums[name])
 			}
 		}
+	}
+}
+
+// TestFilesHTTPAudit: a transfer through the HTTP face is audited like a
+// WebSocket connection — connect, then disconnect with its status — and
+// a refused one as a denied connect.
+func TestFilesHTTPAudit(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.sandbox("sbx-files", false, "/bin/cat")
+	sid, urls := e.openURL(tok, "sbx-files", 0, "files")
+	ctx := context.Background()
+	c := client.New(e.URL, "demo", tok)
+	if _, err := c.Put(ctx, urls["files"], "a.txt", strings.NewReader("hi"), 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Download(ctx, urls["files"], "missing.txt", io.Discard, 0, nil); err == nil {
+		t.Fatal("download of a missing file succeeded")
+	}
+	e.do(http.MethodPost, "/v1/tenants/demo/sessions/"+sid+"/close", tok, nil)
+	if _, err := c.Download(ctx, urls["files"], "a.txt", io.Discard, 0, nil); err == nil {
+		t.Fatal("download after close succeeded")
+	}
+	var got []string // oldest first; the audit lists newest first
+	for _, ev := range slices.Backward(e.auditFor(sid, "")) {
+		if a := ev["action"].(string); a == "session.connect" || a == "session.disconnect" {
+			code, _ := ev["code"].(string)
+			got = append(got, fmt.Sprintf("%s %v %s", a, ev["outcome"], code))
+		}
+	}
+	want := []string{
+		"session.connect success ", "session.disconnect success http_201",
+		"session.connect success ", "session.disconnect success http_404",
+		"session.connect failure session_not_open",
+	}
+	if strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Fatalf("audit:\n got  %q\n want %q", got, want)
 	}
 }

@@ -222,8 +222,9 @@ func copyMessages(ctx context.Context, dst, src *websocket.Conn, fromOwner bool)
 	}
 }
 
-// proxyFilesToOwner forwards a files HTTP request to the session's owner.
-func (s *Server) proxyFilesToOwner(w http.ResponseWriter, r *http.Request, sess *lease.Session) {
+// proxyToOwner forwards a plain HTTP request of a session (the files
+// channel's HTTP face, CDP discovery) to the replica that owns it.
+func (s *Server) proxyToOwner(w http.ResponseWriter, r *http.Request, sess *lease.Session) {
 	if s.relayed(r, sess.ID) {
 		s.writeError(w, r, problem.New(problem.BadGateway, "session %s is owned by %s, not this replica", sess.ID, sess.Owner))
 		return

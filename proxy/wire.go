@@ -275,7 +275,14 @@ func withField(err error, parent string) error {
 
 // readBody reads a JSON body of at most maxBody bytes; a larger one is
 // payload_too_large without reading past the limit.
+// bodyTimeout bounds reading one JSON request body.
+const bodyTimeout = 30 * time.Second
+
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	// A JSON body is at most 1 MiB: a client trickling it for longer than
+	// bodyTimeout is holding a connection and a goroutine for nothing.
+	// (The server has no ReadTimeout, which would also cut file uploads.)
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	b, err := io.ReadAll(r.Body)
 	if err != nil {

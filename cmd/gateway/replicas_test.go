@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -302,4 +306,51 @@ func (g *gateway) rehost(u string) string {
 	}
 	pu.Host = strings.TrimPrefix(g.URL, "http://")
 	return pu.String()
+}
+
+// TestRelayCDPDiscovery: connectOverCDP("http://…/cdp?token=…") sent to a
+// replica that does not run the session's browser is answered by the
+// owner, through the relay — in the current form and in the old
+// Playwright one, which glues the discovery path to the token.
+func TestRelayCDPDiscovery(t *testing.T) {
+	if _, err := exec.LookPath("chromium"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI must have Chromium: the browser relay is untested otherwise")
+		}
+		t.Skip("no chromium on PATH")
+	}
+	_, dir, a, b := twoReplicas(t, true)
+	key, err := authn.LoadOrCreateDevKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := authn.Mint(key, authn.DevKeyID, authn.MintRequest{Tenant: "demo", Subject: "alice",
+		Services: []string{"browser"}, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := client.New(a.URL, "demo", tok)
+	ctx := context.Background()
+	s, err := ca.Open(ctx, client.OpenRequest{Target: client.ServiceTarget("browser"), Channels: []string{"cdp"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = ca.Close(ctx, s.Metadata.ID, "done") }()
+	cdp := strings.Replace(b.rehost(s.Status.Connect["cdp"]), "ws://", "http://", 1)
+	base, query, _ := strings.Cut(cdp, "?")
+	for _, u := range []string{base + "/json/version?" + query, cdp + "/json/version/"} {
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct {
+			Browser string `json:"Browser"`
+			WS      string `json:"webSocketDebuggerUrl"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&v)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || v.Browser == "" || !strings.Contains(v.WS, "/v1/connect/"+s.Metadata.ID+"/cdp?token=") {
+			t.Fatalf("discovery through B: %d %+v %v", resp.StatusCode, v, err)
+		}
+	}
 }

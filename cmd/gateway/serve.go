@@ -155,7 +155,11 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 			return err
 		}
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(log)}
+	// No ReadTimeout or WriteTimeout: uploads, downloads and upgraded
+	// connections run for as long as their session; JSON bodies have
+	// their own deadline (proxy). Idle keep-alive connections are closed.
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: zap.NewStdLog(log)}
 	bgCtx, cancelBg := context.WithCancel(context.Background())
 	defer cancelBg()
 	if n, ok := db.(lease.Notifier); ok {
