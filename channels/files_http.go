@@ -32,9 +32,9 @@ import (
 // On a failure before anything was written FilesHTTP returns a
 // *problem.Error and writes nothing (for method_not_allowed it sets the
 // Allow header): the caller writes the problem+json. Once the answer has
-// started it returns the error for logging only. Two answers are written
-// by net/http itself: 304 Not Modified and 416 Range Not Satisfiable
-// (with Content-Range: bytes */size), both by http.ServeContent.
+// started it returns the error for logging only. 304 Not Modified is
+// written by http.ServeContent; its 412 and 416 come back as problems
+// (range_not_satisfiable keeps Content-Range: bytes */size).
 func FilesHTTP(w http.ResponseWriter, r *http.Request, root, path string, o FilesOptions) error {
 	if o.MaxFileSize <= 0 {
 		o.MaxFileSize = filesDefaultMax
@@ -111,10 +111,51 @@ func (h *filesHTTP) get() error {
 	// gateway's origin.
 	hd.Set("Content-Type", "application/octet-stream")
 	hd.Set("X-Content-Type-Options", "nosniff")
-	cw := &countingWriter{ResponseWriter: h.w, onBytes: h.opt.OnBytes}
-	http.ServeContent(cw, h.r, "", fi.ModTime(), f)
+	rw := &refusalWriter{ResponseWriter: &countingWriter{ResponseWriter: h.w, onBytes: h.opt.OnBytes}}
+	http.ServeContent(rw, h.r, "", fi.ModTime(), f)
+	switch rw.refused {
+	case http.StatusRequestedRangeNotSatisfiable:
+		return problem.New(problem.RangeNotSatisfiable, "%s: the range starts past the end of its %d bytes", h.path, fi.Size()).
+			With("size", fi.Size())
+	case http.StatusPreconditionFailed:
+		return problem.New(problem.PreconditionFailed, "%s: the file no longer matches the precondition (it is now %s)", h.path, etag(fi))
+	}
 	return nil
 }
+
+// refusalWriter keeps http.ServeContent's own 412 and 416 answers (plain
+// text) from being written, so FilesHTTP can answer them as problem+json
+// like every other refusal. Headers ServeContent set for them stay
+// (416's Content-Range: bytes */size).
+type refusalWriter struct {
+	http.ResponseWriter
+	refused int
+}
+
+func (w *refusalWriter) WriteHeader(code int) {
+	if code == http.StatusRequestedRangeNotSatisfiable || code == http.StatusPreconditionFailed {
+		w.refused = code
+		return
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *refusalWriter) Write(p []byte) (int, error) {
+	if w.refused != 0 {
+		return len(p), nil // the plain-text body of the refusal
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *refusalWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.refused != 0 {
+		return io.Copy(io.Discard, r)
+	}
+	return w.ResponseWriter.(io.ReaderFrom).ReadFrom(r)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *refusalWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // filesListing is the JSON answer for a directory.
 type filesListing struct {

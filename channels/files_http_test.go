@@ -94,9 +94,16 @@ func TestFilesHTTP(t *testing.T) {
 	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(b, data[99990:]) {
 		t.Fatalf("open Range: %d", resp.StatusCode)
 	}
-	resp, _ = fs.do(t, "GET", "d/f.bin", nil, map[string]string{"Range": fmt.Sprintf("bytes=%d-", len(data))})
-	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
-		t.Fatalf("Range at end: %d", resp.StatusCode)
+	// net/http's own 416 and 412 answers come back as problem+json; 416
+	// keeps the size in Content-Range (a resuming client reads it).
+	resp, b = fs.do(t, "GET", "d/f.bin", nil, map[string]string{"Range": fmt.Sprintf("bytes=%d-", len(data))})
+	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable || problemCode(b) != "range_not_satisfiable" ||
+		resp.Header.Get("Content-Range") != fmt.Sprintf("bytes */%d", len(data)) || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") {
+		t.Fatalf("Range at end: %d %v %s", resp.StatusCode, resp.Header, b)
+	}
+	resp, b = fs.do(t, "GET", "d/f.bin", nil, map[string]string{"If-Match": `"stale"`})
+	if resp.StatusCode != http.StatusPreconditionFailed || problemCode(b) != "precondition_failed" {
+		t.Fatalf("If-Match stale: %d %s", resp.StatusCode, b)
 	}
 	resp, b = fs.do(t, "GET", "d/f.bin", nil, map[string]string{"Range": "bytes=0-9", "If-Range": `"stale"`})
 	if resp.StatusCode != 200 || len(b) != len(data) {

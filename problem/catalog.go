@@ -9,22 +9,24 @@ type Code string
 // The error catalog. docs/errors.md is generated from Catalog (go generate
 // ./problem) and a test fails when the two drift apart.
 const (
-	InvalidArgument    Code = "invalid_argument"
-	Unauthenticated    Code = "unauthenticated"
-	PermissionDenied   Code = "permission_denied"
-	NotFound           Code = "not_found"
-	AlreadyExists      Code = "already_exists"
-	SandboxNotReady    Code = "sandbox_not_ready"
-	ChannelUnsupported Code = "channel_unsupported"
-	TargetChanged      Code = "target_changed"
-	SessionNotOpen     Code = "session_not_open"
-	ResourceExhausted  Code = "resource_exhausted"
-	PayloadTooLarge    Code = "payload_too_large"
-	MethodNotAllowed   Code = "method_not_allowed"
-	UpgradeRequired    Code = "upgrade_required"
-	BadGateway         Code = "bad_gateway"
-	Unavailable        Code = "unavailable"
-	Internal           Code = "internal"
+	InvalidArgument     Code = "invalid_argument"
+	Unauthenticated     Code = "unauthenticated"
+	PermissionDenied    Code = "permission_denied"
+	NotFound            Code = "not_found"
+	AlreadyExists       Code = "already_exists"
+	SandboxNotReady     Code = "sandbox_not_ready"
+	ChannelUnsupported  Code = "channel_unsupported"
+	TargetChanged       Code = "target_changed"
+	SessionNotOpen      Code = "session_not_open"
+	ResourceExhausted   Code = "resource_exhausted"
+	PayloadTooLarge     Code = "payload_too_large"
+	MethodNotAllowed    Code = "method_not_allowed"
+	UpgradeRequired     Code = "upgrade_required"
+	RangeNotSatisfiable Code = "range_not_satisfiable"
+	PreconditionFailed  Code = "precondition_failed"
+	BadGateway          Code = "bad_gateway"
+	Unavailable         Code = "unavailable"
+	Internal            Code = "internal"
 )
 
 // Entry describes one code of the catalog.
@@ -61,6 +63,10 @@ var Catalog = []Entry{
 		"A limit was reached (open sessions per tenant, connections per session, browsers, a full disk under the files channel). `Retry-After` says when to try again."},
 	{PayloadTooLarge, http.StatusRequestEntityTooLarge, "Payload too large",
 		"The request body is over its limit: 1 MiB for JSON bodies; the configured maximum file size (16 GiB by default) for uploads through the files channel."},
+	{RangeNotSatisfiable, http.StatusRequestedRangeNotSatisfiable, "Range not satisfiable",
+		"(files over HTTP) The `Range` of a download starts past the end of the file; `Content-Range: bytes */<size>` gives the size."},
+	{PreconditionFailed, http.StatusPreconditionFailed, "Precondition failed",
+		"(files over HTTP) `If-Match` or `If-Unmodified-Since` does not hold: the file changed since the client last saw it."},
 	{MethodNotAllowed, http.StatusMethodNotAllowed, "Method not allowed",
 		"The route exists but not with this HTTP method; `Allow` lists the methods it takes."},
 	{UpgradeRequired, http.StatusUpgradeRequired, "Upgrade required",
