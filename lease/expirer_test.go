@@ -45,10 +45,12 @@ func TestExpirerSchedules(t *testing.T) {
 	cs := &countingStore{Store: db}
 	var mu sync.Mutex
 	lags := map[string]time.Duration{}
+	expired := make(chan struct{}, 200)
 	e := lease.NewExpirer(cs, lease.ExpirerOptions{Resync: time.Hour, OnExpire: func(s *lease.Session, at time.Time) {
 		mu.Lock()
 		lags[s.ID] = at.Sub(s.ExpiresAt)
 		mu.Unlock()
+		expired <- struct{}{}
 	}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -75,7 +77,16 @@ func TestExpirerSchedules(t *testing.T) {
 		e.Notify(s.ExpiresAt)
 		soon = append(soon, s)
 	}
-	time.Sleep(1500 * time.Millisecond)
+	for range len(soon) {
+		select {
+		case <-expired:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the soon sessions were not all expired within 5 s")
+		}
+	}
+	// Past the last expiry, a window in which a polling expirer would
+	// still be asking the store.
+	time.Sleep(300 * time.Millisecond)
 	mu.Lock()
 	defer mu.Unlock()
 	if len(lags) != 3 {
@@ -94,6 +105,6 @@ func TestExpirerSchedules(t *testing.T) {
 		}
 	}
 	if n := cs.due.Load(); n > 20 {
-		t.Errorf("the expirer queried the store %d times in 1.6 s: it is polling", n)
+		t.Errorf("the expirer queried the store %d times in about 1.3 s: it is polling", n)
 	}
 }

@@ -310,7 +310,17 @@ func TestIgnoredCloseHandshakeIsCut(t *testing.T) {
 	tok := e.sandbox("sbx-cat", false, "/bin/cat")
 	sid, urls := e.openURL(tok, "sbx-cat", 0, "stdio")
 	c := rawUpgrade(t, urls["stdio"])
-	time.Sleep(100 * time.Millisecond)
+	// The hello says the connection is being served.
+	var hello []byte
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for !bytes.Contains(hello, []byte(`"hello"`)) {
+		b := make([]byte, 256)
+		n, err := c.Read(b)
+		if err != nil {
+			t.Fatalf("no hello: %v (got %q)", err, hello)
+		}
+		hello = append(hello, b[:n]...)
+	}
 	start := time.Now()
 	e.do(http.MethodPost, "/v1/tenants/demo/sessions/"+sid+"/close", tok, nil)
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -1,9 +1,11 @@
 package targets
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -32,7 +34,21 @@ func TestKillOrphans(t *testing.T) {
 	reused := spawn(dir, "1:0")                      // pid 1 is alive, but started at another time
 	mine := spawn(dir, selfMark)                     // this (live) gateway's
 	outside := spawn(t.TempDir(), "999999999:12345") // not under the root
-	time.Sleep(50 * time.Millisecond)                // let the children exec
+	// Until a child has exec'd, /proc shows the test's environment, not
+	// the child's mark.
+	for _, c := range []*exec.Cmd{orphan, reused, mine, outside} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			env, _ := os.ReadFile("/proc/" + strconv.Itoa(c.Process.Pid) + "/environ")
+			if bytes.Contains(env, []byte(gatewayEnv+"=")) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("process %d has not exec'd after 5 s", c.Process.Pid)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	if n := killOrphans(root); n != 2 {
 		t.Fatalf("killed %d processes, want 2", n)
 	}

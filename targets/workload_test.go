@@ -414,7 +414,12 @@ func TestSubscriptionCloseAndContext(t *testing.T) {
 		_, err := s.Next(context.Background(), nil)
 		errc <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
+	// Close while Next is blocked: Next must not have returned by itself.
+	select {
+	case err := <-errc:
+		t.Fatalf("Next returned %v before Close", err)
+	case <-time.After(20 * time.Millisecond):
+	}
 	s.Close()
 	s.Close()
 	if err := <-errc; err != ErrClosed {
