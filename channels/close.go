@@ -3,6 +3,7 @@ package channels
 import (
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -30,11 +31,21 @@ type CloseError struct {
 // Error implements error.
 func (e *CloseError) Error() string { return fmt.Sprintf("close %d: %s", int(e.Code), e.Reason) }
 
+// maxCloseReason is the most a close frame's reason may hold: 125 bytes
+// of payload less the 2-byte code.
+const maxCloseReason = 123
+
 // Close returns a *CloseError. Reason is cut to the 123 bytes a close
-// frame can carry.
+// frame can carry, at a character boundary.
 func Close(code websocket.StatusCode, reason string) *CloseError {
-	if len(reason) > 123 {
-		reason = reason[:123]
+	if len(reason) > maxCloseReason {
+		// Cut at a character boundary: a close frame's reason is UTF-8
+		// (RFC 6455 §5.5.1), and a client may fail the frame otherwise.
+		cut := maxCloseReason
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut]
 	}
 	return &CloseError{Code: code, Reason: reason}
 }
