@@ -96,13 +96,16 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, sid string
 		return
 	}
 	ev := s.connectEvent(r, claims.Tenant, sid)
-	if perr := checkHandshake(w, r); perr != nil {
-		ev.Outcome, ev.Code = lease.Denied, string(perr.Code)
-		s.recordDenied(r.Context(), ev)
-		s.writeError(w, r, perr)
-		return
+	// The handshake is checked after the session (so a plain GET of the
+	// URL, which clients use to learn why a WebSocket was refused, gets
+	// the session's answer) but before the target is attached.
+	handshake := func() error {
+		if perr := checkHandshake(w, r); perr != nil {
+			return perr
+		}
+		return nil
 	}
-	sess, be, adm, err := s.admit(r, claims, ch, attach)
+	sess, be, adm, err := s.admit(r, claims, ch, handshake, attach)
 	if err != nil {
 		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
 		s.recordDenied(r.Context(), ev)
@@ -180,7 +183,7 @@ func (a *admission) unregister() {
 // admit runs the pre-upgrade checks after the token: the session exists
 // and has the channel (403 otherwise), is open (409), the backend is
 // attached (502/503), and the registry has room (429).
-func (s *Server) admit(r *http.Request, claims *authn.ConnectClaims, ch lease.Channel, attach attachFunc) (*lease.Session, backend, *admission, error) {
+func (s *Server) admit(r *http.Request, claims *authn.ConnectClaims, ch lease.Channel, beforeAttach func() error, attach attachFunc) (*lease.Session, backend, *admission, error) {
 	if s.draining.Load() {
 		return nil, nil, nil, errDraining
 	}
@@ -196,6 +199,11 @@ func (s *Server) admit(r *http.Request, claims *authn.ConnectClaims, ch lease.Ch
 	}
 	if claims.Expired {
 		return nil, nil, nil, problem.New(problem.Unauthenticated, "connect token has expired")
+	}
+	if beforeAttach != nil {
+		if err := beforeAttach(); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	var be backend
 	switch {

@@ -122,6 +122,11 @@ func TestConnectRefusals(t *testing.T) {
 		{"no handshake", path(sidA, "stdio", tokenOf(urlsA["stdio"])), 426, "upgrade_required",
 			map[string]string{"Connection": "", "Upgrade": "", "Sec-WebSocket-Version": "", "Sec-WebSocket-Key": ""},
 			map[string]string{"Upgrade": "websocket"}},
+		// Without a handshake the session's own answer still comes first:
+		// a browser's WebSocket hides the refusal, so clients GET the URL
+		// to learn why.
+		{"no handshake, closed session", path(closedSid, "stdio", tokenOf(closedURLs["stdio"])), 409, "session_not_open",
+			map[string]string{"Connection": "", "Upgrade": "", "Sec-WebSocket-Version": "", "Sec-WebSocket-Key": ""}, nil},
 		{"websocket version 8", path(sidA, "stdio", tokenOf(urlsA["stdio"])), 426, "upgrade_required",
 			map[string]string{"Sec-WebSocket-Version": "8"}, map[string]string{"Sec-WebSocket-Version": "13"}},
 		{"no websocket key", path(sidA, "stdio", tokenOf(urlsA["stdio"])), 400, "invalid_argument",

@@ -73,7 +73,7 @@ func (s *Server) serveFilesHTTP(w http.ResponseWriter, r *http.Request, sid, pat
 	// A transfer is audited like a WebSocket connection: connect (or the
 	// refusal) before, disconnect with its HTTP status after.
 	ev := s.connectEvent(r, claims.Tenant, sid)
-	sess, be, adm, err := s.admit(r, claims, lease.Files, nil)
+	sess, be, adm, err := s.admit(r, claims, lease.Files, nil, nil)
 	if err != nil {
 		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
 		s.recordDenied(r.Context(), ev)
