@@ -333,23 +333,26 @@ func TestWorkloadSlowConsumer(t *testing.T) {
 	t.Parallel()
 	const size = 4 << 20
 	w := startT(t, false, "sh", "-c", fmt.Sprintf("read go; head -c %d /dev/zero; read x", size))
-	opts := SubscribeOptions{MaxBacklog: 1 << 20, Grace: 200 * time.Millisecond}
+	// The 4 MiB arrive at once, so the fast subscriber too is over its
+	// bound until its next Next: the grace leaves a loaded -race machine
+	// time to schedule it.
+	opts := SubscribeOptions{MaxBacklog: 1 << 20, Grace: 750 * time.Millisecond}
 	slow := w.Subscribe(opts)
 	defer slow.Close()
 	fast := w.Subscribe(opts)
 	defer fast.Close()
-	start := time.Now()
-	goAhead(t, w)
 
 	type result struct {
 		n   int
 		err error
 	}
 	rc := make(chan result, 1)
-	go func() {
+	go func() { // already waiting in Next when the output comes
 		out, _, err := drain(t, fast)
 		rc <- result{len(out), err}
 	}()
+	start := time.Now()
+	goAhead(t, w)
 
 	// The producer stalls on `read`; only the timer can drop slow.
 	deadline := time.Now().Add(10 * time.Second)
