@@ -16,19 +16,7 @@ import (
 // a file a client uploaded through the files channel. CI runs as root.
 func TestSandboxUser(t *testing.T) {
 	t.Parallel()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI must run the tests as root")
-		}
-		t.Skip("--sandbox-user needs root")
-	}
-	if err := os.Chmod(tmpRoot, 0o711); err != nil { // MkdirTemp made it 0700
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp(tmpRoot, "gw-user-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := sandboxUserDir(t)
 	g := startGatewayIn(t, dir, "--sandbox-user", "nobody")
 	if _, err := os.Stat(filepath.Join(dir, "keys", "connect.json")); err != nil {
 		t.Fatalf("the gateway made no connect keys: %v", err)
@@ -60,4 +48,25 @@ func TestSandboxUser(t *testing.T) {
 	if _, err := c.Download(ctx, s.Status.Connect["files"], "in/up.txt", &got, 0, nil); err != nil || got.String() != "uploaded\nchanged\n" {
 		t.Fatalf("the uploaded file after the workload's append: %q %v", got.String(), err)
 	}
+}
+
+// sandboxUserDir is a data directory for a gateway with --sandbox-user:
+// one the workloads' users can pass through. Switching users needs root,
+// which CI has; elsewhere the test is skipped.
+func sandboxUserDir(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI must run the tests as root")
+		}
+		t.Skip("--sandbox-user needs root")
+	}
+	if err := os.Chmod(tmpRoot, 0o711); err != nil { // MkdirTemp made it 0700
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp(tmpRoot, "gw-user-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

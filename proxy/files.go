@@ -14,29 +14,33 @@ import (
 	"github.com/nimbus/gateway/channels"
 	"github.com/nimbus/gateway/lease"
 	"github.com/nimbus/gateway/problem"
+	"github.com/nimbus/gateway/targets"
 )
 
 // filesBackend serves the files channel of a sandbox's file root.
 type filesBackend struct {
-	s    *Server
-	root string
+	s     *Server
+	root  string
+	owner *targets.Credential // the sandbox's workload user; nil for the gateway's
 }
 
 func (b *filesBackend) protocols() []string { return []string{channels.FilesProtocol} }
 
 func (b *filesBackend) serve(ctx context.Context, conn *websocket.Conn) error {
-	return channels.ServeFiles(ctx, conn, b.root, b.s.filesOptions())
+	return channels.ServeFiles(ctx, conn, b.root, b.s.filesOptions(b.owner))
 }
 
 func (b *filesBackend) release() {}
 
-func (s *Server) filesOptions() channels.FilesOptions {
+// filesOptions are the files channel's options for a sandbox whose
+// workload runs as owner (nil: as the gateway).
+func (s *Server) filesOptions(owner *targets.Credential) channels.FilesOptions {
 	o := channels.FilesOptions{
 		MaxFileSize: s.maxFileSize,
 		OnBytes:     func(dir string, n int) { s.metrics.bytes.WithLabelValues("files", dir).Add(float64(n)) },
 	}
-	if c := s.catalog.RunAs(); c != nil {
-		o.Owner = &channels.Owner{UID: int(c.UID), GID: int(c.GID)}
+	if owner != nil {
+		o.Owner = &channels.Owner{UID: int(owner.UID), GID: int(owner.GID)}
 	}
 	return o
 }
@@ -48,7 +52,7 @@ func (s *Server) attachFiles(sess *lease.Session) (*filesBackend, error) {
 		return nil, problem.New(problem.BadGateway, "the file root of sandbox %s is not available", sess.Snapshot.Sandbox).
 			With("sandbox", sess.Snapshot.Sandbox)
 	}
-	return &filesBackend{s: s, root: sb.Root}, nil
+	return &filesBackend{s: s, root: sb.Root, owner: s.catalog.RunAs(sess.TenantID, sb.ID)}, nil
 }
 
 // filesHTTP is the plain-HTTP face of the files channel (SPEC §5.2):
@@ -101,7 +105,7 @@ func (s *Server) serveFilesHTTP(w http.ResponseWriter, r *http.Request, sid, pat
 	s.metrics.conns.WithLabelValues("files").Inc()
 	defer s.metrics.conns.WithLabelValues("files").Dec()
 
-	err = channels.FilesHTTP(w, r.WithContext(adm.ctx), fb.root, path, s.filesOptions())
+	err = channels.FilesHTTP(w, r.WithContext(adm.ctx), fb.root, path, s.filesOptions(fb.owner))
 	var pe *problem.Error
 	switch {
 	case err == nil:

@@ -34,6 +34,7 @@ type Catalog struct {
 	now       func() time.Time
 	stopGrace time.Duration
 	wcfg      workloadConfig
+	uids      *uidAllocator // nil unless Options.UIDs
 
 	watchers sync.WaitGroup // one per registered workload, until its exit is handled
 
@@ -62,8 +63,13 @@ type Options struct {
 	StopGrace time.Duration
 	// RunAs, if not nil, is the user and group every workload runs as,
 	// owner of its sandbox root; the gateway must then run as root. Nil
-	// runs workloads as the gateway's own user (see Credential).
+	// runs workloads as the gateway's own user (see Credential). One user
+	// for all sandboxes lets each workload reach the others' roots and
+	// signal their processes; UIDs does not.
 	RunAs *Credential
+	// UIDs, if not nil, gives each sandbox a user of its own from this
+	// block (uid = gid), which overrides RunAs.
+	UIDs *UIDRange
 }
 
 // Resolved is what an open's target resolves to (SPEC §4.1 step 4).
@@ -140,12 +146,23 @@ func NewCatalog(store Store, opts Options) *Catalog {
 	}
 	c.dataDir = dir
 	c.wcfg = workloadConfig{ringSize: opts.RingSize, log: c.log, runAs: opts.RunAs}
+	if opts.UIDs != nil {
+		c.uids = &uidAllocator{r: *opts.UIDs, of: map[sandboxKey]uint32{}, holder: map[uint32]sandboxKey{}}
+	}
 	return c
 }
 
-// RunAs is the user workloads run as (Options.RunAs), nil for the
+// RunAs is the user the workload of a sandbox runs as, nil for the
 // gateway's own; the files channel gives what it creates to this user.
-func (c *Catalog) RunAs() *Credential { return c.wcfg.runAs }
+func (c *Catalog) RunAs(tenantID, id string) *Credential {
+	if c.uids == nil {
+		return c.wcfg.runAs
+	}
+	if uid, ok := c.uids.lookup(sandboxKey{tenantID, id}); ok {
+		return &Credential{UID: uid, GID: uid}
+	}
+	return nil
+}
 
 // Seed adds cfg to the catalog; it is idempotent and safe on every start.
 // Each service is PutService'd (an unchanged definition keeps its
@@ -199,6 +216,21 @@ func (c *Catalog) Start(ctx context.Context) error {
 	sbs, err := c.store.ListSandboxes(ctx, "")
 	if err != nil {
 		return err
+	}
+	if c.uids != nil {
+		// Ids are handed out afresh: until a sandbox gets one again, its
+		// root is closed to whoever holds its old id now.
+		for _, sb := range sbs {
+			if _, running := c.Workload(sb.TenantID, sb.ID); running {
+				continue // started by Seed, with its id
+			}
+			if sb.Root == "" {
+				sb.Root = c.root(sb.TenantID, sb.ID)
+			}
+			if err := lockRoot(sb.Root); err != nil {
+				c.log.Warn("cannot close a sandbox root", zap.String("root", sb.Root), zap.Error(err))
+			}
+		}
 	}
 	for _, sb := range sbs {
 		if sb.State != Pending && sb.State != Ready {

@@ -3,9 +3,11 @@ package targets
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 )
 
@@ -29,12 +31,80 @@ func (c *Credential) sysProcCredential() *syscall.Credential {
 	return &syscall.Credential{Uid: c.UID, Gid: c.GID, Groups: []uint32{}}
 }
 
+// UIDRange is a block of user ids (Options.UIDs): each sandbox's
+// workload runs as an id of the block that no other sandbox of this
+// gateway holds, as user and group, so workloads can neither reach each
+// other's roots nor signal each other's processes.
+type UIDRange struct {
+	First, Last uint32
+}
+
+// uidAllocator hands out a UIDRange's ids, one per sandbox, for as long as
+// the sandbox exists. A sandbox's id is its name's hash in the block, or
+// the next free one, so it is usually the same after a restart. Safe for
+// concurrent use.
+type uidAllocator struct {
+	r      UIDRange
+	mu     sync.Mutex
+	of     map[sandboxKey]uint32 // guarded by mu
+	holder map[uint32]sandboxKey // guarded by mu
+}
+
+func (a *uidAllocator) acquire(k sandboxKey) (uint32, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if uid, ok := a.of[k]; ok {
+		return uid, nil
+	}
+	n := uint64(a.r.Last) - uint64(a.r.First) + 1
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(k.tenantID + "/" + k.id))
+	start := h.Sum64() % n
+	for i := range n {
+		uid := a.r.First + uint32((start+i)%n)
+		if _, taken := a.holder[uid]; !taken {
+			a.of[k], a.holder[uid] = uid, k
+			return uid, nil
+		}
+	}
+	return 0, fmt.Errorf("no free user id in %d-%d for another sandbox", a.r.First, a.r.Last)
+}
+
+func (a *uidAllocator) lookup(k sandboxKey) (uint32, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	uid, ok := a.of[k]
+	return uid, ok
+}
+
+func (a *uidAllocator) release(k sandboxKey) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if uid, ok := a.of[k]; ok {
+		delete(a.of, k)
+		delete(a.holder, uid)
+	}
+}
+
+// lockRoot gives a sandbox root back to the gateway, closed to everyone
+// else, before its user id can go to another sandbox.
+func lockRoot(root string) error {
+	if err := os.Chown(root, os.Geteuid(), os.Getegid()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := os.Chmod(root, 0o700); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 // prepareRoot creates a sandbox root. With a run-as user the root is
-// handed to it, the directories the gateway creates above it are made
-// traversable (0711: others may pass, not list), and every directory
-// from / down is checked to let that user through, so a data directory
-// under, say, a 0700 home fails here with the reason instead of as an
-// EACCES from the workload's chdir.
+// handed to it — the whole tree, if it belonged to another user (the
+// sandbox had another id before a restart) — the directories the gateway
+// creates above it are made traversable (0711: others may pass, not
+// list), and every directory from / down is checked to let that user
+// through, so a data directory under, say, a 0700 home fails here with
+// the reason instead of as an EACCES from the workload's chdir.
 func prepareRoot(root string, runAs *Credential) error {
 	if runAs == nil {
 		return os.MkdirAll(root, 0o750)
@@ -49,10 +119,31 @@ func prepareRoot(root string, runAs *Credential) error {
 	if err := os.Mkdir(root, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	if err := os.Chown(root, int(runAs.UID), int(runAs.GID)); err != nil {
+	if err := ownTree(root, *runAs); err != nil {
+		return err
+	}
+	if err := os.Chmod(root, 0o750); err != nil { // lockRoot may have closed it
 		return err
 	}
 	return CheckReach(filepath.Dir(root), *runAs)
+}
+
+// ownTree gives root to cred, and everything under it when root was not
+// cred's already. Symlinks are changed themselves, never followed.
+func ownTree(root string, cred Credential) error {
+	fi, err := os.Lstat(root)
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid == cred.UID && st.Gid == cred.GID {
+		return nil
+	}
+	return filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, int(cred.UID), int(cred.GID))
+	})
 }
 
 // CheckReach reports whether user cred can traverse every directory from

@@ -2,6 +2,7 @@ package targets
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,5 +93,92 @@ func TestRunAsUnreachableRoot(t *testing.T) {
 	}
 	if got, _ := c.GetSandbox(context.Background(), "t1", "sb"); got.State != Failed || !strings.Contains(got.Error, "cannot reach") {
 		t.Fatalf("sandbox %+v, create error %v", got, err)
+	}
+}
+
+// TestRunAsUIDRange: with a block of ids each sandbox runs as an id of
+// its own (user and group), cannot enter another sandbox's root, and a
+// deleted sandbox's root goes back to the gateway before its id is free.
+func TestRunAsUIDRange(t *testing.T) {
+	t.Parallel()
+	needRoot(t)
+	dir := passable(t, t.TempDir())
+	c := NewCatalog(newMemStore(), Options{DataDir: dir, StopGrace: time.Second, UIDs: &UIDRange{First: 300000, Last: 300009}})
+	t.Cleanup(c.Close)
+	ctx := context.Background()
+	script := `read go; echo "ids $(id -u) $(id -g)"; echo mine > mine.txt; ` +
+		`cat ../b/mine.txt 2>/dev/null || echo "b denied"; ls ../b >/dev/null 2>&1 || echo "b unlisted"; echo done; sleep 60`
+	for _, id := range []string{"a", "b"} {
+		if sb, err := c.CreateSandbox(ctx, "t1", SandboxSpec{ID: id, Command: []string{"/bin/sh", "-c", script}}); err != nil || sb.State != Ready {
+			t.Fatalf("create %s: %+v %v", id, sb, err)
+		}
+	}
+	ca, cb := c.RunAs("t1", "a"), c.RunAs("t1", "b")
+	if ca == nil || cb == nil || ca.UID == cb.UID || ca.UID < 300000 || ca.UID > 300009 || ca.GID != ca.UID {
+		t.Fatalf("ids a %+v, b %+v", ca, cb)
+	}
+	// b writes its file first, then a tries to read it.
+	wb, _ := c.Workload("t1", "b")
+	sb := wb.Subscribe(SubscribeOptions{})
+	defer sb.Close()
+	if _, err := wb.Write([]byte("\n")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, sb, "done\n")
+	fi, err := os.Stat(filepath.Join(dir, "sandboxes", "t1", "b", "mine.txt"))
+	if err != nil || fi.Sys().(*syscall.Stat_t).Uid != cb.UID {
+		t.Fatalf("b's own file: %v %+v", err, fi)
+	}
+	wa, _ := c.Workload("t1", "a")
+	sa := wa.Subscribe(SubscribeOptions{})
+	defer sa.Close()
+	if _, err := wa.Write([]byte("\n")); err != nil {
+		t.Fatal(err)
+	}
+	out := waitFor(t, sa, "done\n")
+	for _, want := range []string{fmt.Sprintf("ids %d %d\n", ca.UID, ca.UID), "b denied\n", "b unlisted\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("a's output %q lacks %q", out, want)
+		}
+	}
+
+	// Deleted: the root is the gateway's and closed, the id free again.
+	if _, err := c.DeleteSandbox(ctx, "t1", "b"); err != nil {
+		t.Fatal(err)
+	}
+	fi, err = os.Stat(filepath.Join(dir, "sandboxes", "t1", "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("deleted sandbox root: owner %d, mode %v", st.Uid, fi.Mode())
+	}
+	if c.RunAs("t1", "b") != nil {
+		t.Fatal("a deleted sandbox still holds its id")
+	}
+}
+
+// TestUIDAllocator: one id per sandbox, stable while held, refused when
+// the block is used up, reusable once released.
+func TestUIDAllocator(t *testing.T) {
+	t.Parallel()
+	a := &uidAllocator{r: UIDRange{First: 10, Last: 12}, of: map[sandboxKey]uint32{}, holder: map[uint32]sandboxKey{}}
+	seen := map[uint32]bool{}
+	for _, id := range []string{"x", "y", "z"} {
+		uid, err := a.acquire(sandboxKey{"t", id})
+		if err != nil || uid < 10 || uid > 12 || seen[uid] {
+			t.Fatalf("acquire %s = %d, %v (seen %v)", id, uid, err, seen)
+		}
+		seen[uid] = true
+		if again, _ := a.acquire(sandboxKey{"t", id}); again != uid {
+			t.Fatalf("acquire %s again = %d, want %d", id, again, uid)
+		}
+	}
+	if _, err := a.acquire(sandboxKey{"t", "w"}); err == nil {
+		t.Fatal("a fourth sandbox got an id from a block of three")
+	}
+	a.release(sandboxKey{"t", "y"})
+	if _, err := a.acquire(sandboxKey{"t", "w"}); err != nil {
+		t.Fatalf("after a release: %v", err)
 	}
 }

@@ -96,6 +96,14 @@ func (c *Catalog) DeleteSandbox(ctx context.Context, tenantID, id string) (Sandb
 	if w != nil {
 		w.Stop(c.stopGrace)
 	}
+	if c.uids != nil {
+		// The user may go to another sandbox: first take the root back.
+		if err := lockRoot(sb.Root); err != nil {
+			c.log.Warn("cannot take a deleted sandbox's root back", zap.String("root", sb.Root), zap.Error(err))
+		} else {
+			c.uids.release(k)
+		}
+	}
 	if sb.State == Stopped {
 		return sb, nil
 	}
@@ -113,10 +121,18 @@ func (c *Catalog) DeleteSandbox(ctx context.Context, tenantID, id string) (Sandb
 // ctx, so the store never says pending about a running workload.
 func (c *Catalog) start(ctx context.Context, sb Sandbox) (Sandbox, error) {
 	ctx = context.WithoutCancel(ctx)
-	if err := prepareRoot(sb.Root, c.wcfg.runAs); err != nil {
+	cfg := c.wcfg
+	if c.uids != nil {
+		uid, err := c.uids.acquire(sandboxKey{sb.TenantID, sb.ID})
+		if err != nil {
+			return c.fail(ctx, sb, err.Error())
+		}
+		cfg.runAs = &Credential{UID: uid, GID: uid}
+	}
+	if err := prepareRoot(sb.Root, cfg.runAs); err != nil {
 		return c.fail(ctx, sb, "create sandbox root: "+err.Error())
 	}
-	w, err := startWorkload(sb, c.wcfg)
+	w, err := startWorkload(sb, cfg)
 	if err != nil {
 		return c.fail(ctx, sb, "start workload: "+err.Error())
 	}

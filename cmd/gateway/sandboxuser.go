@@ -11,9 +11,27 @@ import (
 	"github.com/nimbus/gateway/targets"
 )
 
-// parseSandboxUser reads --sandbox-user: "name", "uid", "name:group" or
-// "uid:gid"; without a group, the user's primary group. Empty means
-// workloads run as the gateway's own user.
+// parseSandboxUsers reads --sandbox-user: a block of ids "first-last",
+// one per sandbox (see targets.UIDRange); or one user for all, "name",
+// "uid", "name:group" or "uid:gid" (without a group, the user's primary
+// group). Empty means workloads run as the gateway's own user.
+func parseSandboxUsers(spec string) (*targets.Credential, *targets.UIDRange, error) {
+	if first, last, ok := strings.Cut(spec, "-"); ok {
+		f, err1 := strconv.ParseUint(first, 10, 32)
+		l, err2 := strconv.ParseUint(last, 10, 32)
+		if err1 != nil || err2 != nil || f == 0 || l < f {
+			return nil, nil, fmt.Errorf("--sandbox-user %q: a block of user ids is first-last, like 200000-299999, first above 0", spec)
+		}
+		if os.Geteuid() != 0 {
+			return nil, nil, fmt.Errorf("--sandbox-user needs the gateway to run as root (to start workloads as users %s)", spec)
+		}
+		return nil, &targets.UIDRange{First: uint32(f), Last: uint32(l)}, nil
+	}
+	c, err := parseSandboxUser(spec)
+	return c, nil, err
+}
+
+// parseSandboxUser reads one user of --sandbox-user.
 func parseSandboxUser(spec string) (*targets.Credential, error) {
 	if spec == "" {
 		return nil, nil

@@ -53,7 +53,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.config, "config", "", "catalog YAML to seed (default: the embedded demo catalog, same as testdata/catalog.yaml)")
 	fs.StringVar(&c.store, "store", "", "store: a SQLite file path (default <data-dir>/nimbus.db)")
 	fs.StringVar(&c.publicURL, "public-url", "", "base URL of minted connect URLs (default: from each request's Host)")
-	fs.StringVar(&c.sandboxUser, "sandbox-user", "", `user[:group] the sandbox workloads run as (needs the gateway to run as root); default: the gateway's own user, which lets workloads read the data directory's keys`)
+	fs.StringVar(&c.sandboxUser, "sandbox-user", "", `user ids of sandbox workloads (needs the gateway to run as root): a block first-last, one id per sandbox (200000-299999), or one user[:group] for all; default: the gateway's own user, which lets workloads read the data directory's keys`)
 	fs.StringVar(&c.chromium, "chromium", "", "Chromium binary for the browser service (default: found on PATH)")
 	fs.Var(&c.tenantKeys, "tenant-key", "tenant-token verification key file (HS256 secret, Ed25519 or RSA public key PEM); repeatable; default: the development key in the data dir")
 	fs.StringVar(&c.connectKeys, "connect-keys", "", `connect-URL keyset: a JSON file, or the JSON itself ({"signing":"k2","keys":{"k1":"<base64>","k2":"<base64>"}}); default: <data-dir>/keys/connect.json, created if absent`)
@@ -109,18 +109,24 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	runAs, err := parseSandboxUser(c.sandboxUser)
+	runAs, uids, err := parseSandboxUsers(c.sandboxUser)
 	if err != nil {
 		return err
 	}
-	if runAs != nil {
+	switch {
+	case uids != nil:
+		if err := openDataDirTo(c.dataDir, targets.Credential{UID: uids.First, GID: uids.First}); err != nil {
+			return fmt.Errorf("--sandbox-user: %w", err)
+		}
+	case runAs != nil:
 		if err := openDataDirTo(c.dataDir, *runAs); err != nil {
 			return fmt.Errorf("--sandbox-user: %w", err)
 		}
-	} else if os.Geteuid() == 0 {
+		log.Warn("every sandbox workload runs as the same user: each can reach the others' roots; give a block of ids (--sandbox-user 200000-299999) to separate them")
+	case os.Geteuid() == 0:
 		log.Warn("sandbox workloads run as root, the gateway's user: they can read its keys and database; set --sandbox-user")
 	}
-	catalog := targets.NewCatalog(db, targets.Options{DataDir: c.dataDir, Logger: log, RunAs: runAs})
+	catalog := targets.NewCatalog(db, targets.Options{DataDir: c.dataDir, Logger: log, RunAs: runAs, UIDs: uids})
 	if err := catalog.Seed(ctx, cfg); err != nil {
 		return fmt.Errorf("seeding the catalog: %w", err)
 	}
