@@ -14,6 +14,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home /var/lib/nimbus --create-home nimbus
 COPY --from=build /out/gateway /usr/local/bin/gateway
+# As the unprivileged nimbus user, sandbox workloads run as nimbus too and
+# can read the data directory's keys. For untrusted workloads run as root
+# with a block of user ids, one per sandbox (docs/security.md):
+#   docker run --user root -e NIMBUS_SANDBOX_USER=200000-299999 …
 USER nimbus
 WORKDIR /var/lib/nimbus
 ENV NIMBUS_DATA_DIR=/var/lib/nimbus/data

@@ -16,10 +16,11 @@ import (
 // "uid", "name:group" or "uid:gid" (without a group, the user's primary
 // group). Empty means workloads run as the gateway's own user.
 func parseSandboxUsers(spec string) (*targets.Credential, *targets.UIDRange, error) {
-	if first, last, ok := strings.Cut(spec, "-"); ok {
-		f, err1 := strconv.ParseUint(first, 10, 32)
-		l, err2 := strconv.ParseUint(last, 10, 32)
-		if err1 != nil || err2 != nil || f == 0 || l < f {
+	first, last, dash := strings.Cut(spec, "-")
+	f, err1 := strconv.ParseUint(first, 10, 32)
+	l, err2 := strconv.ParseUint(last, 10, 32)
+	if dash && err1 == nil && err2 == nil { // numbers: a block; else a name like www-data
+		if f == 0 || l < f {
 			return nil, nil, fmt.Errorf("--sandbox-user %q: a block of user ids is first-last, like 200000-299999, first above 0", spec)
 		}
 		if os.Geteuid() != 0 {

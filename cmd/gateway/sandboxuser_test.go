@@ -1,0 +1,55 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/nimbus/gateway/targets"
+)
+
+func TestParseSandboxUsers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		// Without root every valid spec is refused (it could not be used).
+		if _, _, err := parseSandboxUsers("nobody"); err == nil || !strings.Contains(err.Error(), "root") {
+			t.Fatalf("as non-root: %v", err)
+		}
+		t.Skip("the rest needs root, as --sandbox-user does")
+	}
+	for _, c := range []struct {
+		spec    string
+		cred    *targets.Credential
+		block   *targets.UIDRange
+		failure string
+	}{
+		{"", nil, nil, ""},
+		{"nobody", &targets.Credential{UID: 65534, GID: 65534}, nil, ""},
+		{"65534:0", nil, nil, ""}, // group 0 is allowed; only uid 0 is not
+		{"4242", &targets.Credential{UID: 4242, GID: 4242}, nil, ""},
+		{"200000-299999", nil, &targets.UIDRange{First: 200000, Last: 299999}, ""},
+		{"root", nil, nil, "is root"},
+		{"0", nil, nil, "is root"},
+		{"www-data", &targets.Credential{UID: 33, GID: 33}, nil, ""}, // a dash in a name is not a block
+		{"no-such-user-x", nil, nil, "no user"},
+		{"nosuchuser", nil, nil, "no user"},
+		{"5-3", nil, nil, "first-last"},
+		{"0-10", nil, nil, "first-last"},
+		{"nobody:nosuchgroup", nil, nil, "no group"},
+	} {
+		cred, block, err := parseSandboxUsers(c.spec)
+		switch {
+		case c.failure != "":
+			if err == nil || !strings.Contains(err.Error(), c.failure) {
+				t.Errorf("%q: err %v, want %q", c.spec, err, c.failure)
+			}
+		case err != nil:
+			t.Errorf("%q: %v", c.spec, err)
+		case c.spec == "65534:0":
+			if cred == nil || cred.UID != 65534 || cred.GID != 0 {
+				t.Errorf("%q: %+v", c.spec, cred)
+			}
+		case (cred == nil) != (c.cred == nil) || cred != nil && *cred != *c.cred || (block == nil) != (c.block == nil) || block != nil && *block != *c.block:
+			t.Errorf("%q: %+v %+v, want %+v %+v", c.spec, cred, block, c.cred, c.block)
+		}
+	}
+}
