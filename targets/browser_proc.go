@@ -385,10 +385,26 @@ func (p *BrowserPool) sweep() {
 		if mine[dir] {
 			continue
 		}
-		if err := os.RemoveAll(dir); err != nil {
+		if err := removeProfile(dir); err != nil {
 			p.log.Warn("removing a leftover browser profile failed", zap.String("dir", dir), zap.Error(err))
 		}
 	}
+}
+
+// removeProfile removes a leftover profile. A Chromium process that was
+// still starting or dying when the sweep killed the others may write into
+// it meanwhile (RemoveAll then fails with "directory not empty"), so it
+// kills again and retries for up to two seconds.
+func removeProfile(dir string) error {
+	var err error
+	for range 20 {
+		if err = os.RemoveAll(dir); err == nil {
+			return nil
+		}
+		killProfileProcs(dir, false)
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
 }
 
 // killProfileProcs SIGKILLs every process whose command line has a
