@@ -252,7 +252,9 @@ func makeDir(root *os.Root, p, name string, parents bool, owner *Owner) *problem
 	if parents {
 		err = mkdirAll(root, name, owner)
 	} else if err = root.Mkdir(name, filesDirMode); err == nil {
-		err = chown(root, name, owner)
+		if err = chown(root, name, owner); err != nil {
+			_ = root.Remove(name) // not left behind as the gateway's
+		}
 	}
 	if err != nil {
 		return filesError(p, err)
@@ -270,7 +272,9 @@ func mkdirAll(root *os.Root, name string, owner *Owner) error {
 		cur = path.Join(cur, part)
 		err := root.Mkdir(cur, filesDirMode)
 		if err == nil {
-			err = chown(root, cur, owner)
+			if err = chown(root, cur, owner); err != nil {
+				_ = root.Remove(cur) // not left behind as the gateway's
+			}
 		} else if errors.Is(err, fs.ErrExist) {
 			err = nil
 		}

@@ -115,7 +115,7 @@ func (h *filesHTTP) get() error {
 	http.ServeContent(rw, h.r, "", fi.ModTime(), f)
 	switch rw.refused {
 	case http.StatusRequestedRangeNotSatisfiable:
-		return problem.New(problem.RangeNotSatisfiable, "%s: the range starts past the end of its %d bytes", h.path, fi.Size()).
+		return problem.New(problem.RangeNotSatisfiable, "%s: the Range is malformed or starts past the end of its %d bytes", h.path, fi.Size()).
 			With("size", fi.Size())
 	case http.StatusPreconditionFailed:
 		return problem.New(problem.PreconditionFailed, "%s: the file no longer matches the precondition (it is now %s)", h.path, etag(fi))

@@ -35,6 +35,7 @@ type Catalog struct {
 	stopGrace time.Duration
 	wcfg      workloadConfig
 	uids      *uidAllocator // nil unless Options.UIDs
+	claimOnce sync.Once     // claimUIDs
 
 	watchers sync.WaitGroup // one per registered workload, until its exit is handled
 
@@ -152,6 +153,38 @@ func NewCatalog(store Store, opts Options) *Catalog {
 	return c
 }
 
+// claimUIDs runs once, before the first workload starts (Seed or Start),
+// when sandboxes get ids from a block: whatever still runs under the
+// block's ids — workloads of a gateway that died, or children that
+// escaped their sandbox's process group — is killed, and every sandbox
+// root is closed until its sandbox has its id again, since ids are
+// handed out afresh. The block must be this gateway's alone.
+func (c *Catalog) claimUIDs(ctx context.Context) error {
+	if c.uids == nil {
+		return nil
+	}
+	var err error
+	c.claimOnce.Do(func() {
+		r := c.uids.r
+		if n := killUsers(func(uid uint32) bool { return uid >= r.First && uid <= r.Last }); n > 0 {
+			c.log.Warn("killed processes left running under the sandbox user ids", zap.Int("count", n))
+		}
+		var sbs []Sandbox
+		if sbs, err = c.store.ListSandboxes(ctx, ""); err != nil {
+			return
+		}
+		for _, sb := range sbs {
+			if sb.Root == "" {
+				sb.Root = c.root(sb.TenantID, sb.ID)
+			}
+			if lerr := lockRoot(sb.Root); lerr != nil {
+				c.log.Warn("cannot close a sandbox root", zap.String("root", sb.Root), zap.Error(lerr))
+			}
+		}
+	})
+	return err
+}
+
 // RunAs is the user the workload of a sandbox runs as, nil for the
 // gateway's own; the files channel gives what it creates to this user.
 func (c *Catalog) RunAs(tenantID, id string) *Credential {
@@ -172,6 +205,9 @@ func (c *Catalog) RunAs(tenantID, id string) *Credential {
 // Entries absent from cfg are not removed.
 func (c *Catalog) Seed(ctx context.Context, cfg *Config) error {
 	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := c.claimUIDs(ctx); err != nil {
 		return err
 	}
 	for _, t := range cfg.Tenants {
@@ -213,24 +249,12 @@ func (c *Catalog) Start(ctx context.Context) error {
 	if n := killOrphans(filepath.Join(c.dataDir, "sandboxes")); n > 0 {
 		c.log.Warn("killed workload processes left by a gateway that died", zap.Int("count", n))
 	}
+	if err := c.claimUIDs(ctx); err != nil {
+		return err
+	}
 	sbs, err := c.store.ListSandboxes(ctx, "")
 	if err != nil {
 		return err
-	}
-	if c.uids != nil {
-		// Ids are handed out afresh: until a sandbox gets one again, its
-		// root is closed to whoever holds its old id now.
-		for _, sb := range sbs {
-			if _, running := c.Workload(sb.TenantID, sb.ID); running {
-				continue // started by Seed, with its id
-			}
-			if sb.Root == "" {
-				sb.Root = c.root(sb.TenantID, sb.ID)
-			}
-			if err := lockRoot(sb.Root); err != nil {
-				c.log.Warn("cannot close a sandbox root", zap.String("root", sb.Root), zap.Error(err))
-			}
-		}
 	}
 	for _, sb := range sbs {
 		if sb.State != Pending && sb.State != Ready {

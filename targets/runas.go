@@ -7,8 +7,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Credential is the user and group workloads run as (Options.RunAs).
@@ -98,13 +101,15 @@ func lockRoot(root string) error {
 	return nil
 }
 
-// prepareRoot creates a sandbox root. With a run-as user the root is
-// handed to it — the whole tree, if it belonged to another user (the
-// sandbox had another id before a restart) — the directories the gateway
-// creates above it are made traversable (0711: others may pass, not
-// list), and every directory from / down is checked to let that user
-// through, so a data directory under, say, a 0700 home fails here with
-// the reason instead of as an EACCES from the workload's chdir.
+// prepareRoot creates a sandbox root. With a run-as user the root
+// directory is handed to it (not the tree: a walk could be steered by a
+// workload swapping a directory for a symlink mid-walk; a sandbox keeps
+// its id across restarts, so its tree is normally its own already), the
+// directories the gateway creates above it are made traversable (0711:
+// others may pass, not list), and every directory from / down is checked
+// to let that user through, so a data directory under, say, a 0700 home
+// fails here with the reason instead of as an EACCES from the workload's
+// chdir.
 func prepareRoot(root string, runAs *Credential) error {
 	if runAs == nil {
 		return os.MkdirAll(root, 0o750)
@@ -119,7 +124,9 @@ func prepareRoot(root string, runAs *Credential) error {
 	if err := os.Mkdir(root, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	if err := ownTree(root, *runAs); err != nil {
+	// The tenant directory is the gateway's, so root cannot have been
+	// swapped for a symlink; Lchown all the same.
+	if err := os.Lchown(root, int(runAs.UID), int(runAs.GID)); err != nil {
 		return err
 	}
 	if err := os.Chmod(root, 0o750); err != nil { // lockRoot may have closed it
@@ -128,22 +135,69 @@ func prepareRoot(root string, runAs *Credential) error {
 	return CheckReach(filepath.Dir(root), *runAs)
 }
 
-// ownTree gives root to cred, and everything under it when root was not
-// cred's already. Symlinks are changed themselves, never followed.
-func ownTree(root string, cred Credential) error {
-	fi, err := os.Lstat(root)
-	if err != nil {
-		return err
+// killUsers SIGKILLs every process whose real or effective user id
+// matches, until none is left (a process may fork while it is being
+// killed) or two seconds have passed; it returns how many it killed. A
+// sandbox's id is taken back this way before it can go to another
+// sandbox: stopping a workload reaches its process group and session,
+// not a child that escaped both.
+func killUsers(match func(uid uint32) bool) int {
+	killed := 0
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		pids := userProcesses(match)
+		if len(pids) == 0 || time.Now().After(deadline) {
+			return killed
+		}
+		for _, pid := range pids {
+			if syscall.Kill(pid, syscall.SIGKILL) == nil {
+				killed++
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid == cred.UID && st.Gid == cred.GID {
+}
+
+// userProcesses lists the live processes whose real or effective uid
+// matches (zombies excluded: they hold nothing).
+func userProcesses(match func(uid uint32) bool) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
 		return nil
 	}
-	return filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
-			return err
+			continue
 		}
-		return os.Lchown(p, int(cred.UID), int(cred.GID))
-	})
+		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		var state string
+		var real, eff uint32
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "State:"); ok {
+				state = strings.TrimSpace(v)
+			}
+			if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+				f := strings.Fields(v)
+				if len(f) >= 2 {
+					r, _ := strconv.ParseUint(f[0], 10, 32)
+					e, _ := strconv.ParseUint(f[1], 10, 32)
+					real, eff = uint32(r), uint32(e)
+				}
+			}
+		}
+		if strings.HasPrefix(state, "Z") || strings.HasPrefix(state, "X") {
+			continue
+		}
+		if match(real) || match(eff) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // CheckReach reports whether user cred can traverse every directory from

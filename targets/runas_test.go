@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -180,5 +181,78 @@ func TestUIDAllocator(t *testing.T) {
 	a.release(sandboxKey{"t", "y"})
 	if _, err := a.acquire(sandboxKey{"t", "w"}); err != nil {
 		t.Fatalf("after a release: %v", err)
+	}
+}
+
+// TestRunAsEscapedProcessKilled: a child that left its sandbox's process
+// group and session survives the workload's stop, but not the sandbox's
+// delete: its id is only given out again once nothing runs under it.
+func TestRunAsEscapedProcessKilled(t *testing.T) {
+	t.Parallel()
+	needRoot(t)
+	dir := passable(t, t.TempDir())
+	const uid = 300100
+	c := NewCatalog(newMemStore(), Options{DataDir: dir, StopGrace: time.Second, UIDs: &UIDRange{First: uid, Last: uid}})
+	t.Cleanup(c.Close)
+	ctx := context.Background()
+	if _, err := c.CreateSandbox(ctx, "t1", SandboxSpec{ID: "a", Command: []string{"/bin/sh", "-c",
+		// The escaped shell says so itself, once it has its own session.
+		`setsid sh -c 'echo escaped; exec sleep 300 </dev/null >/dev/null 2>&1' & sleep 60`}}); err != nil {
+		t.Fatal(err)
+	}
+	w, _ := c.Workload("t1", "a")
+	s := w.Subscribe(SubscribeOptions{})
+	waitFor(t, s, "escaped\n")
+	s.Close()
+	if _, err := c.DeleteSandbox(ctx, "t1", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if left := userProcesses(func(u uint32) bool { return u == uid }); len(left) > 0 {
+		t.Fatalf("processes of the deleted sandbox's user still run: %v", left)
+	}
+	// The only id of the block is free again.
+	if sb, err := c.CreateSandbox(ctx, "t1", SandboxSpec{ID: "b", Command: []string{"sleep", "60"}}); err != nil || sb.State != Ready {
+		t.Fatalf("create after delete: %+v %v", sb, err)
+	}
+}
+
+// TestRunAsClaimAtStart: before the first workload starts, whatever runs
+// under the block's ids is killed and every sandbox root is closed.
+func TestRunAsClaimAtStart(t *testing.T) {
+	t.Parallel()
+	needRoot(t)
+	dir := passable(t, t.TempDir())
+	const uid = 300200
+	stray := exec.Command("sleep", "300")
+	stray.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	if err := stray.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stray.Process.Kill(); _ = stray.Wait() })
+	st := newMemStore()
+	old := Sandbox{TenantID: "t1", ID: "old", State: Stopped, Command: []string{"true"}, Root: filepath.Join(dir, "sandboxes", "t1", "old")}
+	if _, err := st.CreateSandbox(context.Background(), old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(old.Root, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(old.Root, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+	c := NewCatalog(st, Options{DataDir: dir, StopGrace: time.Second, UIDs: &UIDRange{First: uid, Last: uid + 9}})
+	t.Cleanup(c.Close)
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := stray.Wait(); err == nil {
+		t.Fatal("a process under the block's ids survived the start")
+	}
+	fi, err := os.Stat(old.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("a stopped sandbox's root after the start: owner %d, mode %v", fi.Sys().(*syscall.Stat_t).Uid, fi.Mode())
 	}
 }

@@ -97,11 +97,21 @@ func (c *Catalog) DeleteSandbox(ctx context.Context, tenantID, id string) (Sandb
 		w.Stop(c.stopGrace)
 	}
 	if c.uids != nil {
-		// The user may go to another sandbox: first take the root back.
-		if err := lockRoot(sb.Root); err != nil {
-			c.log.Warn("cannot take a deleted sandbox's root back", zap.String("root", sb.Root), zap.Error(err))
-		} else {
-			c.uids.release(k)
+		// The id may go to another sandbox: first kill whatever still runs
+		// under it and take the root back.
+		if uid, ok := c.uids.lookup(k); ok {
+			if n := killUsers(func(u uint32) bool { return u == uid }); n > 0 {
+				c.log.Warn("killed processes that escaped a deleted sandbox", zap.String("tenant", tenantID), zap.String("sandbox", id), zap.Int("count", n))
+			}
+			root := sb.Root
+			if root == "" {
+				root = c.root(tenantID, id)
+			}
+			if err := lockRoot(root); err != nil {
+				c.log.Warn("cannot take a deleted sandbox's root back; its user id stays reserved", zap.String("root", root), zap.Error(err))
+			} else if len(userProcesses(func(u uint32) bool { return u == uid })) == 0 {
+				c.uids.release(k)
+			}
 		}
 	}
 	if sb.State == Stopped {

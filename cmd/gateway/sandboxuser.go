@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io/fs"
+	"math"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -20,8 +22,11 @@ func parseSandboxUsers(spec string) (*targets.Credential, *targets.UIDRange, err
 	f, err1 := strconv.ParseUint(first, 10, 32)
 	l, err2 := strconv.ParseUint(last, 10, 32)
 	if dash && err1 == nil && err2 == nil { // numbers: a block; else a name like www-data
-		if f == 0 || l < f {
-			return nil, nil, fmt.Errorf("--sandbox-user %q: a block of user ids is first-last, like 200000-299999, first above 0", spec)
+		if f < minBlockID || l < f || l > math.MaxInt32 {
+			return nil, nil, fmt.Errorf("--sandbox-user %q: a block of user ids is first-last, like 200000-299999, from %d up (ids below are the system's and its users') to %d", spec, minBlockID, math.MaxInt32)
+		}
+		if id, name, ok := idInBlock(uint32(f), uint32(l)); ok {
+			return nil, nil, fmt.Errorf("--sandbox-user %q: %s (id %d) is in the block; sandboxes must not share an id with anyone", spec, name, id)
 		}
 		if os.Geteuid() != 0 {
 			return nil, nil, fmt.Errorf("--sandbox-user needs the gateway to run as root (to start workloads as users %s)", spec)
@@ -89,10 +94,11 @@ func lookupGroup(s string) (string, error) {
 	return s, nil
 }
 
-// openDataDirTo lets the sandbox user pass through the data directory
+// openDataDirTo lets the sandbox users pass through the data directory
 // (search permission, not listing) to the sandbox roots under it, and
-// checks it can reach them. The secrets beside them stay closed: keys/
-// and browsers/ are 0700, the SQLite files 0600.
+// checks they can reach them. Everything beside the roots is closed to
+// others (keys/ and browsers/ are 0700 already; an existing database may
+// be 0644).
 func openDataDirTo(dataDir string, cred targets.Credential) error {
 	fi, err := os.Stat(dataDir)
 	if err != nil {
@@ -103,6 +109,24 @@ func openDataDirTo(dataDir string, cred targets.Credential) error {
 			return err
 		}
 	}
+	// Everything beside the sandbox roots is closed to others: a database
+	// made by an older gateway (0644), a catalog file, whatever an
+	// operator put there.
+	ents, err := os.ReadDir(dataDir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if e.Name() == "sandboxes" || e.Type()&fs.ModeSymlink != 0 {
+			continue
+		}
+		p := filepath.Join(dataDir, e.Name())
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, fi.Mode().Perm()&^0o077); err != nil {
+				return err
+			}
+		}
+	}
 	sbDir := filepath.Join(dataDir, "sandboxes")
 	if err := os.MkdirAll(sbDir, 0o711); err != nil {
 		return err
@@ -111,4 +135,30 @@ func openDataDirTo(dataDir string, cred targets.Credential) error {
 		return err
 	}
 	return targets.CheckReach(sbDir, cred)
+}
+
+// minBlockID is the lowest id of a block: ids below 65536 are the
+// system's and its users' (login.defs, systemd's dynamic users).
+const minBlockID = 65536
+
+// idInBlock finds a user or group of /etc/passwd or /etc/group whose id
+// is in first..last.
+func idInBlock(first, last uint32) (uint32, string, bool) {
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			fields := strings.Split(line, ":")
+			if len(fields) < 3 {
+				continue
+			}
+			id, err := strconv.ParseUint(fields[2], 10, 32)
+			if err == nil && uint32(id) >= first && uint32(id) <= last {
+				return uint32(id), filepath.Base(f) + " entry " + fields[0], true
+			}
+		}
+	}
+	return 0, "", false
 }
