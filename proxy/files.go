@@ -48,7 +48,10 @@ func (s *Server) filesOptions(owner *targets.Credential) channels.FilesOptions {
 // attachFiles finds the file root of a session's sandbox.
 func (s *Server) attachFiles(sess *lease.Session) (*filesBackend, error) {
 	sb, err := s.catalog.GetSandbox(context.Background(), sess.TenantID, sess.Snapshot.Sandbox)
-	if err != nil || sb.Root == "" {
+	// A deleted (stopped) sandbox's root is the gateway's again, and its
+	// user id may be another sandbox's: no more file access through it.
+	// A failed one keeps its files readable for a post-mortem.
+	if err != nil || sb.Root == "" || sb.State == targets.Stopped {
 		return nil, problem.New(problem.BadGateway, "the file root of sandbox %s is not available", sess.Snapshot.Sandbox).
 			With("sandbox", sess.Snapshot.Sandbox)
 	}

@@ -420,3 +420,24 @@ func TestFilesHTTPAudit(t *testing.T) {
 		t.Fatalf("audit:\n got  %q\n want %q", got, want)
 	}
 }
+
+// TestFilesAfterSandboxDelete: once its sandbox is deleted, a session's
+// files URL reaches nothing (502), though the session is still open.
+func TestFilesAfterSandboxDelete(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tok := e.sandbox("sbx-gone", false, "/bin/cat")
+	_, urls := e.openURL(tok, "sbx-gone", 0, "files")
+	c := client.New(e.URL, "demo", tok)
+	ctx := context.Background()
+	if _, err := c.Put(ctx, urls["files"], "a.txt", strings.NewReader("hi"), 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.do(http.MethodDelete, "/v1/tenants/demo/sandboxes/sbx-gone", e.admin(), nil); r.Status != 200 {
+		t.Fatalf("delete: %d %s", r.Status, r.Body)
+	}
+	_, err := c.Download(ctx, urls["files"], "a.txt", io.Discard, 0, nil)
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Status != 502 || ce.Code != "bad_gateway" {
+		t.Fatalf("download after the delete: %v", err)
+	}
+}
