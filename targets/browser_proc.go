@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"net/http"
 	"os"
@@ -393,16 +394,23 @@ func (p *BrowserPool) sweep() {
 
 // removeProfile removes a leftover profile. A Chromium process that was
 // still starting or dying when the sweep killed the others may write into
-// it meanwhile (RemoveAll then fails with "directory not empty"), so it
-// kills again and retries for up to two seconds.
+// it meanwhile — RemoveAll then fails with "directory not empty", or
+// succeeds and the directory comes back (CI saw both) — so it kills again
+// and retries until the directory has stayed gone for 100 ms, for up to
+// two seconds.
 func removeProfile(dir string) error {
 	var err error
 	for range 20 {
-		if err = os.RemoveAll(dir); err == nil {
+		if err = os.RemoveAll(dir); err != nil {
+			killProfileProcs(dir, false)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if _, serr := os.Lstat(dir); err == nil && errors.Is(serr, fs.ErrNotExist) {
 			return nil
 		}
-		killProfileProcs(dir, false)
-		time.Sleep(100 * time.Millisecond)
+	}
+	if err == nil {
+		err = errors.New("the profile keeps coming back")
 	}
 	return err
 }

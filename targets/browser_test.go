@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -272,7 +273,9 @@ func TestBrowserSweep(t *testing.T) {
 	}
 	ents, _ := os.ReadDir(p.root)
 	if len(ents) != 1 || !strings.HasPrefix(ents[0].Name(), "brw_") || ents[0].Name() == "brw_old" {
-		t.Fatalf("profiles after the sweep: %v", ents)
+		var left []string // what came back, and who still runs: for the diagnosis
+		_ = filepath.WalkDir(old, func(p string, _ fs.DirEntry, _ error) error { left = append(left, p); return nil })
+		t.Fatalf("profiles after the sweep: %v; under brw_old: %v; its processes: %v", ents, left, ProfileProcesses(old, false))
 	}
 }
 
