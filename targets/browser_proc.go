@@ -401,9 +401,10 @@ func (p *BrowserPool) sweep() {
 func removeProfile(dir string) error {
 	var err error
 	for range 20 {
-		if err = os.RemoveAll(dir); err != nil {
-			killProfileProcs(dir, false)
-		}
+		err = os.RemoveAll(dir)
+		// A process the first kill missed (forked by a zygote after the
+		// sweep's scan of /proc) may be the writer.
+		killProfileProcs(dir, false)
 		time.Sleep(100 * time.Millisecond)
 		if _, serr := os.Lstat(dir); err == nil && errors.Is(serr, fs.ErrNotExist) {
 			return nil
