@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"math"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/nimbus/gateway/targets"
 )
@@ -161,4 +163,23 @@ func idInBlock(first, last uint32) (uint32, string, bool) {
 		}
 	}
 	return 0, "", false
+}
+
+// lockDataDir holds an exclusive lock on the data directory for the
+// gateway's life. With a block of ids a gateway claims, at start, every
+// process and sandbox root under it: a second gateway on the same
+// directory would kill the first one's workloads and close its roots.
+func lockDataDir(dataDir string) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(dataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another gateway runs on data directory %s; with a block of user ids each gateway needs its own (and its own block)", dataDir)
+		}
+		return nil, err
+	}
+	return func() { _ = f.Close() }, nil // closing releases the lock
 }

@@ -92,3 +92,21 @@ func TestOpenDataDirTo(t *testing.T) {
 		}
 	}
 }
+
+// Two gateways with a block of ids cannot share a data directory.
+func TestLockDataDir(t *testing.T) {
+	dir := t.TempDir()
+	unlock, err := lockDataDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockDataDir(dir); err == nil || !strings.Contains(err.Error(), "another gateway") {
+		t.Fatalf("second lock: %v", err)
+	}
+	unlock()
+	again, err := lockDataDir(dir)
+	if err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+	again()
+}

@@ -118,6 +118,11 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		if err := openDataDirTo(c.dataDir, targets.Credential{UID: uids.First, GID: uids.First}); err != nil {
 			return fmt.Errorf("--sandbox-user: %w", err)
 		}
+		unlock, err := lockDataDir(c.dataDir)
+		if err != nil {
+			return fmt.Errorf("--sandbox-user: %w", err)
+		}
+		defer unlock()
 	case runAs != nil:
 		if err := openDataDirTo(c.dataDir, *runAs); err != nil {
 			return fmt.Errorf("--sandbox-user: %w", err)
