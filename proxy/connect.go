@@ -99,12 +99,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, sid string
 	// The handshake is checked after the session (so a plain GET of the
 	// URL, which clients use to learn why a WebSocket was refused, gets
 	// the session's answer) but before the target is attached.
-	handshake := func() error {
-		if perr := checkHandshake(w, r); perr != nil {
-			return perr
-		}
-		return nil
-	}
+	handshake := func() error { return checkHandshake(w, r) }
 	sess, be, adm, err := s.admit(r, claims, ch, handshake, attach)
 	if err != nil {
 		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
@@ -318,7 +313,7 @@ func isUpgrade(r *http.Request) bool {
 // browser) or a version other than 13 is 426 with the header that says
 // what to send (RFC 9110 §15.5.22, RFC 6455 §4.4); a handshake without
 // its key is 400.
-func checkHandshake(w http.ResponseWriter, r *http.Request) *problem.Error {
+func checkHandshake(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet || !isUpgrade(r) || !hasToken(r.Header, "Connection", "upgrade") {
 		w.Header().Set("Upgrade", "websocket")
 		return problem.New(problem.UpgradeRequired, "this URL is a WebSocket endpoint: connect to it with a WebSocket client")

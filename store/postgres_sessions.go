@@ -285,16 +285,8 @@ func (s *Postgres) OpenByTenant(ctx context.Context, now time.Time) (map[string]
 		return nil, pgErr(err, "open sessions by tenant")
 	}
 	defer rows.Close()
-	out := map[string]int{}
-	for rows.Next() {
-		var t string
-		var n int
-		if err := rows.Scan(&t, &n); err != nil {
-			return nil, pgErr(err, "open sessions by tenant")
-		}
-		out[t] = n
-	}
-	return out, pgErr(rows.Err(), "open sessions by tenant")
+	out, err := scanCounts(rows)
+	return out, pgErr(err, "open sessions by tenant")
 }
 
 // sessionArgs are the named arguments of pgSessionValues.

@@ -23,6 +23,20 @@ func scanRows[T any](rows rowIter, scan func(rowScanner) (T, error)) ([]T, error
 	return out, rows.Err()
 }
 
+// scanCounts reads rows of (key, count) into a map.
+func scanCounts(rows rowIter) (map[string]int, error) {
+	out := map[string]int{}
+	for rows.Next() {
+		var k string
+		var n int
+		if err := rows.Scan(&k, &n); err != nil {
+			return nil, err
+		}
+		out[k] = n
+	}
+	return out, rows.Err()
+}
+
 // scanEvent reads one audit row of the columns id, time, tenant_id,
 // principal, action, outcome, session_id, target, code, request_id,
 // remote_addr.

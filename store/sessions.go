@@ -261,16 +261,8 @@ func (s *SQLite) OpenByTenant(ctx context.Context, now time.Time) (map[string]in
 		return nil, storeErr(err, "open sessions by tenant")
 	}
 	defer rows.Close()
-	out := map[string]int{}
-	for rows.Next() {
-		var t string
-		var n int
-		if err := rows.Scan(&t, &n); err != nil {
-			return nil, storeErr(err, "open sessions by tenant")
-		}
-		out[t] = n
-	}
-	return out, storeErr(rows.Err(), "open sessions by tenant")
+	out, err := scanCounts(rows)
+	return out, storeErr(err, "open sessions by tenant")
 }
 
 // scanSession reads one row of sessionColumns.
