@@ -54,6 +54,7 @@ type gateway struct {
 	args    []string
 	key     ed25519.PrivateKey // the data dir's development key
 	devKeys bool               // tokens are signed with key (no --tenant-key)
+	env     []string           // added to the process's environment
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd     // guarded by mu
@@ -75,11 +76,18 @@ func startGateway(t testing.TB, extra ...string) *gateway {
 
 func startGatewayIn(t testing.TB, dir string, extra ...string) *gateway {
 	t.Helper()
+	return startGatewayEnv(t, dir, nil, extra...)
+}
+
+// startGatewayEnv is startGatewayIn with env (KEY=VALUE entries) added to
+// the process's environment, e.g. a secret that must not be in argv.
+func startGatewayEnv(t testing.TB, dir string, env []string, extra ...string) *gateway {
+	t.Helper()
 	cfg := filepath.Join(dir, "catalog.yaml")
 	if err := os.WriteFile(cfg, []byte(catalogYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	g := &gateway{t: t, dir: dir, addr: freeAddr(t), devKeys: true}
+	g := &gateway{t: t, dir: dir, addr: freeAddr(t), devKeys: true, env: env}
 	g.URL = "http://" + g.addr
 	g.args = append([]string{"serve", "--addr", g.addr, "--data-dir", dir, "--config", cfg, "--log-level", "warn",
 		// No warm Chromium: these tests need none, and two cores are shared.
@@ -137,6 +145,9 @@ func (g *gateway) start() {
 	g.t.Helper()
 	cmd := exec.Command(gatewayBin, g.args...)
 	cmd.Dir = g.dir
+	if g.env != nil {
+		cmd.Env = append(os.Environ(), g.env...)
+	}
 	cmd.Stdout = io.Discard
 	cmd.Stderr = (*logWriter)(g)
 	// The gateway dies with the test binary, however it ends.

@@ -20,6 +20,7 @@ const (
 	SessionNotOpen      Code = "session_not_open"
 	ResourceExhausted   Code = "resource_exhausted"
 	PayloadTooLarge     Code = "payload_too_large"
+	HeaderTooLarge      Code = "header_too_large"
 	MethodNotAllowed    Code = "method_not_allowed"
 	UpgradeRequired     Code = "upgrade_required"
 	RangeNotSatisfiable Code = "range_not_satisfiable"
@@ -63,6 +64,8 @@ var Catalog = []Entry{
 		"A limit was reached (open sessions per tenant, connections per session, browsers, a full disk under the files channel). `Retry-After` says when to try again."},
 	{PayloadTooLarge, http.StatusRequestEntityTooLarge, "Payload too large",
 		"The request body is over its limit: 1 MiB for JSON bodies; the configured maximum file size (16 GiB by default) for uploads through the files channel."},
+	{HeaderTooLarge, http.StatusRequestHeaderFieldsTooLarge, "Request header too large",
+		"The request line and header together are over 64 KiB; nothing was read past them and the connection is closed."},
 	{RangeNotSatisfiable, http.StatusRequestedRangeNotSatisfiable, "Range not satisfiable",
 		"(files over HTTP) The `Range` of a download starts past the end of the file; `Content-Range: bytes */<size>` gives the size."},
 	{PreconditionFailed, http.StatusPreconditionFailed, "Precondition failed",

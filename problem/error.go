@@ -18,6 +18,11 @@ type Error struct {
 	// RetryAfter, when positive, becomes a Retry-After header (seconds,
 	// rounded up).
 	RetryAfter time.Duration
+	// Status, when not zero, is the HTTP status to answer instead of the
+	// code's: the one code a client switches on, with the status HTTP
+	// has for the case (507 Insufficient Storage for a resource_exhausted
+	// full disk). Zero means the catalog's.
+	Status int
 	// Err is the underlying cause. It is logged, never sent to clients.
 	Err error
 }
@@ -73,6 +78,14 @@ func From(err error) *Error {
 		return pe
 	}
 	return &Error{Code: Internal, Detail: "internal error", Err: err}
+}
+
+// HTTPStatus is the status to answer e with: Status, else the code's.
+func (e *Error) HTTPStatus() int {
+	if e.Status != 0 {
+		return e.Status
+	}
+	return e.Code.Status()
 }
 
 // CodeOf returns the code of err ("" for nil).

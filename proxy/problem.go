@@ -41,9 +41,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(e.Status)
+	status := pe.HTTPStatus()
+	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(problemBody{
-		Type: "urn:nimbus:error:" + string(e.Code), Title: e.Title, Status: e.Status,
+		Type: "urn:nimbus:error:" + string(e.Code), Title: e.Title, Status: status,
 		Code: e.Code, Detail: detail, RequestID: rid, Details: pe.Details,
 	})
 }

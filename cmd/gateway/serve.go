@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -166,11 +165,7 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 			return err
 		}
 	}
-	// No ReadTimeout or WriteTimeout: uploads, downloads and upgraded
-	// connections run for as long as their session; JSON bodies have
-	// their own deadline (proxy). Idle keep-alive connections are closed.
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: zap.NewStdLog(log)}
+	hs := srv.HTTPServer(srv) // bounded headers and header time (proxy)
 	bgCtx, cancelBg := context.WithCancel(context.Background())
 	defer cancelBg()
 	if n, ok := db.(lease.Notifier); ok {
@@ -189,7 +184,7 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		printWelcome(stdout, ln.Addr(), devKey, cfg)
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
+	go func() { serveErr <- hs.Serve(srv.Listener(ln)) }()
 	log.Info("gateway listening", zap.String("addr", ln.Addr().String()), zap.String("dataDir", c.dataDir), zap.String("store", redactStore(dbPath)))
 
 	select {
