@@ -12,6 +12,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/coder/websocket"
 
@@ -77,7 +78,9 @@ type Owner struct {
 // waiting for its reader, which is blocked on conn until the caller
 // closes it: then it ends, handles no further message, and removes the
 // temp files of unfinished writes. A writer stuck sending to a client
-// that does not read ends the same way.
+// that does not read ends the same way. One second after ServeFiles
+// began to end, the connection is cut (closed without a close frame)
+// whatever the caller's close handshake is waiting for (SPEC §5).
 func ServeFiles(ctx context.Context, conn *websocket.Conn, root string, o FilesOptions) error {
 	if o.MaxFileSize <= 0 {
 		o.MaxFileSize = filesDefaultMax
@@ -86,6 +89,7 @@ func ServeFiles(ctx context.Context, conn *websocket.Conn, root string, o FilesO
 	if err != nil {
 		return Close(StatusTargetUnavailable, "sandbox file root unavailable")
 	}
+	sweepOnce(r, root)
 	c := &filesConn{
 		conn:     conn,
 		root:     r,
@@ -155,9 +159,11 @@ func (c *filesConn) serve(ctx context.Context) error {
 	c.refs.Store(2)
 	defer c.cancel(errFilesGone)
 	// Cancelling a coder/websocket read or write context closes the
-	// connection without a close frame, so reads and writes run under
-	// contexts that never end: the caller's close unblocks them.
-	ioctx := context.WithoutCancel(ctx)
+	// connection without a close frame, so reads and writes run under a
+	// context that is cancelled only to cut the connection, one second
+	// after serve begins to end (below); the caller's close unblocks them
+	// before that.
+	ioctx, cut := context.WithCancel(context.WithoutCancel(ctx))
 
 	writerDone := make(chan error, 1)
 	readerDone := make(chan error, 1)
@@ -178,13 +184,40 @@ func (c *filesConn) serve(ctx context.Context) error {
 		err = nil
 	}
 	c.cancel(errFilesGone)
-	c.wg.Wait() // ops end at their next send or disk read
+	// One second in all (SPEC §5) for the frame being written and the
+	// caller's close handshake, then the connection is cut. Issue 12: a
+	// client that stopped reading during a 50 MB read kept the writer in
+	// a frame, and the caller's close frame waited behind it for
+	// coder/websocket's 5 s write timeout (its CloseNow does nothing once
+	// Close has begun), so the connection outlived its session by 5 s.
+	time.AfterFunc(closeLinger, cut)
+	c.waitOps()
 	if !readerRunning && writerRunning {
-		// The client is gone, so a write in progress fails at once.
+		// The client is gone, so a write in progress fails at once; a
+		// write stuck on a client that does not read is cut above.
 		<-writerDone
 	}
 	c.release()
 	return err
+}
+
+// waitOps waits for the running ops: they end at their next send or
+// disk read. None can block for good (openFile never waits in open(2) on
+// a FIFO), but should one stay stuck in a syscall, it must not keep the
+// connection, and its session's connection slot, from ending (issue 12):
+// after closeLinger it is left to finish on its own, its answers dropped.
+func (c *filesConn) waitOps() {
+	done := make(chan struct{})
+	go func() {
+		c.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(closeLinger)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
 }
 
 // release drops one reference to the root.
@@ -574,15 +607,11 @@ func (c *filesConn) read(id uint32, req *filesRequest) (filesResponse, *problem.
 	if req.Offset < 0 || req.Length < 0 {
 		return filesResponse{}, problem.New(problem.InvalidArgument, "offset and length must not be negative")
 	}
-	f, err := c.root.Open(name)
-	if err != nil {
-		return filesResponse{}, filesError(req.Path, err)
+	f, fi, perr := openFile(c.root, req.Path, name)
+	if perr != nil {
+		return filesResponse{}, perr
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return filesResponse{}, filesError(req.Path, err)
-	}
 	if !fi.Mode().IsRegular() {
 		return filesResponse{}, problem.New(problem.InvalidArgument, "%s: not a regular file", req.Path)
 	}

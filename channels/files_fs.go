@@ -122,6 +122,10 @@ func filesError(name string, err error) *problem.Error {
 		code, msg = problem.InvalidArgument, "invalid argument"
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		code, msg = problem.ResourceExhausted, "no space left in the sandbox"
+	case errors.Is(err, syscall.EWOULDBLOCK):
+		// open(2) with O_NONBLOCK on a file someone holds a lease on
+		// (fcntl F_SETLEASE), instead of waiting out the lease break.
+		code, msg = problem.Unavailable, "busy (the workload holds a lease on it); try again"
 	}
 	e := problem.New(code, "%s: %s", name, msg)
 	e.Err = err
@@ -205,20 +209,70 @@ func statEntry(root *os.Root, p, name string) (fileEntry, *problem.Error) {
 	return newFileEntry(base, fi), nil
 }
 
+// openFile opens name (following symlinks that stay inside the root)
+// for reading, refusing anything but a regular file or a directory, and
+// never blocks in open(2). Issue 12: `mkfifo fifo.txt` in a workload made
+// each GET of it hang in open(2) until a writer came — forever — with a
+// thread and a connection slot each, past the session's end. So the type
+// is checked by stat before any open (which also keeps open's side
+// effects on devices away), and the open itself is O_NONBLOCK, so a FIFO
+// swapped in between returns at once and is refused by the fstat after
+// it (as is a file under a lease: EWOULDBLOCK, not the 45 s lease break).
+// O_NOCTTY keeps a terminal from becoming the gateway's. Reads of
+// regular files and directories ignore O_NONBLOCK.
+func openFile(root *os.Root, p, name string) (*os.File, fs.FileInfo, *problem.Error) {
+	fi, err := root.Stat(name)
+	if err != nil {
+		return nil, nil, filesError(p, err)
+	}
+	if perr := refuseSpecial(p, fi); perr != nil {
+		return nil, nil, perr
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, nil, filesError(p, err)
+	}
+	if fi, err = f.Stat(); err != nil {
+		f.Close()
+		return nil, nil, filesError(p, err)
+	}
+	if perr := refuseSpecial(p, fi); perr != nil {
+		f.Close()
+		return nil, nil, perr
+	}
+	return f, fi, nil
+}
+
+// refuseSpecial is invalid_argument for what is neither a regular file
+// nor a directory: a FIFO, a device or a socket, which the files channel
+// never opens (stat and list still describe them, type "other").
+func refuseSpecial(p string, fi fs.FileInfo) *problem.Error {
+	m := fi.Mode()
+	if m.IsRegular() || m.IsDir() {
+		return nil
+	}
+	kind := "special file"
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		kind = "named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		kind = "socket"
+	case m&fs.ModeDevice != 0:
+		kind = "device"
+	}
+	return problem.New(problem.InvalidArgument, "%s: is a %s; only regular files and directories can be opened", p, kind)
+}
+
 // listDir lists the directory name, sorted by name, at most
 // filesMaxEntries entries. Entries are stat'ed through the root (not
 // through os.File.ReadDir's Info, which lstats by host path and so could
 // follow a directory swapped for a symlink mid-listing).
 func listDir(root *os.Root, p, name string) (entries []fileEntry, truncated bool, perr *problem.Error) {
-	f, err := root.Open(name)
-	if err != nil {
-		return nil, false, filesError(p, err)
+	f, fi, perr := openFile(root, p, name)
+	if perr != nil {
+		return nil, false, perr
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, false, filesError(p, err)
-	}
 	if !fi.IsDir() {
 		return nil, false, problem.New(problem.InvalidArgument, "%s: not a directory", p)
 	}
@@ -397,9 +451,17 @@ func beginUpload(root *os.Root, p string, size, max int64, mode string, owner *O
 	if len(short) > 32 {
 		short = short[:32]
 	}
-	tmp := path.Join(dir, ".nimbus-"+hex.EncodeToString(rnd[:])+"-"+short+".part")
+	tmp := path.Join(dir, tempPrefix+hex.EncodeToString(rnd[:])+"-"+short+tempSuffix)
 	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
+		return nil, filesError(p, err)
+	}
+	// The lock says "a live upload": a sweep after a crash removes only
+	// temp files nobody holds it on (files_sweep.go). It fails only if a
+	// replica's sweep took it in the instant since the create.
+	if err := lockTemp(f); err != nil {
+		f.Close()
+		_ = root.Remove(tmp)
 		return nil, filesError(p, err)
 	}
 	if owner != nil {
@@ -459,7 +521,9 @@ func (u *upload) commit() (*uploadResult, *problem.Error) {
 	}
 	// Make the rename itself durable; a failure here loses nothing the
 	// client can act on, so it is not reported.
-	if d, err := u.root.Open(path.Dir(u.name)); err == nil {
+	// O_DIRECTORY: the workload may have swapped the directory for a
+	// FIFO meanwhile, and open(2) must not wait for a writer (issue 12).
+	if d, err := u.root.OpenFile(path.Dir(u.name), os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NONBLOCK, 0); err == nil {
 		_ = d.Sync()
 		_ = d.Close()
 	}

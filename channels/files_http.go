@@ -5,8 +5,10 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/textproto"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/nimbus/gateway/problem"
 )
@@ -19,7 +21,8 @@ import (
 //     Last-Modified, If-None-Match…) as application/octet-stream; on a
 //     directory it answers a JSON listing {"entries": […], "truncated"};
 //     with ?stat=true it answers the entry of path itself (not following a
-//     final symlink).
+//     final symlink). A FIFO, device or socket is invalid_argument, refused
+//     before it is opened (openFile). "Range: bytes=-0" is 416.
 //   - PUT streams the body to a temp file in the target's directory
 //     (creating missing parents), fsyncs it and renames it into place only
 //     when complete and, when Content-Length was given, of that length;
@@ -54,6 +57,7 @@ func FilesHTTP(w http.ResponseWriter, r *http.Request, root, path string, o File
 		return problem.Wrap(problem.BadGateway, err, "sandbox file root unavailable")
 	}
 	defer rt.Close()
+	sweepOnce(rt, root)
 	h := filesHTTP{w: w, r: r, root: rt, path: path, name: name, opt: o}
 	switch r.Method {
 	case http.MethodPut:
@@ -86,15 +90,11 @@ func (h *filesHTTP) get() error {
 		}
 		return h.writeJSON(http.StatusOK, e)
 	}
-	f, err := h.root.Open(h.name)
-	if err != nil {
-		return filesError(h.path, err)
+	f, fi, perr := openFile(h.root, h.path, h.name)
+	if perr != nil {
+		return perr
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return filesError(h.path, err)
-	}
 	switch {
 	case fi.IsDir():
 		entries, truncated, perr := listDir(h.root, h.path, h.name)
@@ -102,8 +102,6 @@ func (h *filesHTTP) get() error {
 			return perr
 		}
 		return h.writeJSON(http.StatusOK, filesListing{Entries: entries, Truncated: truncated})
-	case !fi.Mode().IsRegular():
-		return problem.New(problem.InvalidArgument, "%s: not a regular file", h.path)
 	}
 	hd := h.w.Header()
 	hd.Set("ETag", etag(fi))
@@ -111,8 +109,13 @@ func (h *filesHTTP) get() error {
 	// gateway's origin.
 	hd.Set("Content-Type", "application/octet-stream")
 	hd.Set("X-Content-Type-Options", "nosniff")
+	req := h.r
+	if v, changed := withoutEmptySuffixes(req.Header.Get("Range"), fi.Size()); changed {
+		req = req.Clone(req.Context())
+		req.Header.Set("Range", v)
+	}
 	rw := &refusalWriter{ResponseWriter: &countingWriter{ResponseWriter: h.w, onBytes: h.opt.OnBytes}}
-	http.ServeContent(rw, h.r, "", fi.ModTime(), f)
+	http.ServeContent(rw, req, "", fi.ModTime(), f)
 	switch rw.refused {
 	case http.StatusRequestedRangeNotSatisfiable:
 		return problem.New(problem.RangeNotSatisfiable, "%s: the Range is malformed or starts past the end of its %d bytes", h.path, fi.Size()).
@@ -121,6 +124,41 @@ func (h *filesHTTP) get() error {
 		return problem.New(problem.PreconditionFailed, "%s: the file no longer matches the precondition (it is now %s)", h.path, etag(fi))
 	}
 	return nil
+}
+
+// withoutEmptySuffixes drops the zero-length suffix ranges ("-0") from
+// a Range header value v, parsed as http.ServeContent parses it. RFC 9110
+// §14.1.1 counts them unsatisfiable, but ServeContent answers "bytes=-0"
+// with a 206 of no bytes (issue 12). When nothing is left, the result is
+// a range starting at size, which ServeContent refuses with its 416 —
+// after If-Range, which may still turn the answer into a 200 of the whole
+// file. changed is false, and v returned as is, when there was no "-0".
+func withoutEmptySuffixes(v string, size int64) (_ string, changed bool) {
+	spec, ok := strings.CutPrefix(v, "bytes=")
+	if !ok {
+		return v, false
+	}
+	var kept []string
+	for ra := range strings.SplitSeq(spec, ",") {
+		t := textproto.TrimString(ra)
+		if t == "" {
+			continue
+		}
+		start, end, _ := strings.Cut(t, "-")
+		start, end = textproto.TrimString(start), textproto.TrimString(end)
+		if n, err := strconv.ParseInt(end, 10, 64); start == "" && end != "" && end[0] != '-' && err == nil && n == 0 {
+			changed = true
+			continue
+		}
+		kept = append(kept, t)
+	}
+	if !changed {
+		return v, false
+	}
+	if len(kept) == 0 {
+		return "bytes=" + strconv.FormatInt(size, 10) + "-", true
+	}
+	return "bytes=" + strings.Join(kept, ","), true
 }
 
 // refusalWriter keeps http.ServeContent's own 412 and 416 answers (plain
