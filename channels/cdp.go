@@ -1,12 +1,7 @@
 package channels
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"io"
-	"net/http"
 	"time"
 
 	"github.com/coder/websocket"
@@ -18,20 +13,14 @@ import (
 // screenshot or a big Network.getResponseBody is tens of MiB of base64.
 const MaxCDPMessage = 256 << 20
 
-// cdpBufSize is each copier's buffer: a frame per Write, so large
-// buffers keep the per-frame cost small next to the bytes moved.
-const cdpBufSize = 64 << 10
-
-// ErrNoSuchTarget is DialCDP's error for a target the browser does not have.
-var ErrNoSuchTarget = errors.New("cdp: no such target")
-
-// cdpDialTimeout bounds the upstream handshake with a local Chromium.
-const cdpDialTimeout = 10 * time.Second
-
-// cdpHTTP talks to Chromium on loopback: never through a proxy from the
-// environment, and without keep-alive (the discovery requests are rare,
-// and an idle connection would hold goroutines per browser).
-var cdpHTTP = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+// CDPUpstream is the browser side of a cdp or page connection: a
+// targets.CDPConn, one session multiplexed on the browser's DevTools pipe.
+// Read returns whole messages; it fails once the browser side is gone.
+type CDPUpstream interface {
+	Read(ctx context.Context) ([]byte, error)
+	Write(ctx context.Context, msg []byte) error
+	Close() error
+}
 
 // CDPOptions tune RelayCDP. The zero value works.
 type CDPOptions struct {
@@ -40,56 +29,27 @@ type CDPOptions struct {
 	OnBytes func(dir string, n int)
 }
 
-// DialCDP opens the WebSocket of a Chromium DevTools endpoint
-// (ws://127.0.0.1:PORT/devtools/…). It sends Host: localhost and no
-// Origin: Chromium refuses DevTools connections for other host names
-// (DNS rebinding) and from origins not allowed by
-// --remote-allow-origins, and the gateway is neither. The connection
-// accepts messages up to MaxCDPMessage.
-func DialCDP(ctx context.Context, upstreamURL string) (*websocket.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, cdpDialTimeout)
-	defer cancel()
-	conn, resp, err := websocket.Dial(ctx, upstreamURL, &websocket.DialOptions{
-		HTTPClient:      cdpHTTP,
-		Host:            "localhost",
-		CompressionMode: websocket.CompressionDisabled,
-	})
-	if err != nil {
-		if resp != nil && resp.Body != nil {
-			// Chromium answers an unknown /devtools/page/<id> with 500
-			// "No such target id: <id>".
-			b, _ := io.ReadAll(resp.Body)
-			if bytes.HasPrefix(b, []byte("No such target")) {
-				return nil, ErrNoSuchTarget
-			}
-		}
-		return nil, fmt.Errorf("dialing the browser: %w", err)
-	}
-	conn.SetReadLimit(MaxCDPMessage)
-	return conn, nil
-}
-
-// RelayCDP carries raw CDP between an upgraded client and a browser
-// endpoint dialled with DialCDP, frame by frame and never a whole message
-// in memory, each message keeping its type, until one side ends or ctx
-// does. It returns how the client must be closed: Close(4502, "target
-// unavailable") when the browser closed or died, nil when the client
-// closed or vanished, context.Cause(ctx) when ctx ended (the caller puts a
-// *CloseError there: 4408, 4410, 1001…). A message over MaxCDPMessage
-// closes the side that sent it with 1009.
+// RelayCDP carries raw CDP between an upgraded client and the browser
+// side of its connection, message by message, until one side ends or ctx
+// does. Messages are whole, not streamed frame by frame: the browser's
+// pipe carries complete JSON messages, which the gateway renumbers and
+// routes (targets/cdp_pipe.go). It returns how the client must be closed:
+// Close(4502, "target unavailable") when the browser side closed or died,
+// nil when the client closed or vanished, context.Cause(ctx) when ctx
+// ended (the caller puts a *CloseError there: 4408, 4410, 1001…). A
+// client message over MaxCDPMessage closes the client with 1009.
 //
-// RelayCDP closes both connections itself before it returns — the client
-// with the code it returns — because coder/websocket unblocks a pending
-// Reader only by closing its connection, and RelayCDP waits for both of
-// its copiers. The caller's own Close afterwards is a harmless no-op. A
+// RelayCDP closes both sides itself before it returns — the client with
+// the code it returns — because coder/websocket unblocks a pending Read
+// only by closing its connection, and RelayCDP waits for both of its
+// copiers. The caller's own Close afterwards is a harmless no-op. A
 // message being written to the client when the relay ends gets one second
 // (SPEC §5), so does the close handshake; then the TCP connection is cut.
-func RelayCDP(ctx context.Context, client, upstream *websocket.Conn, o CDPOptions) error {
+func RelayCDP(ctx context.Context, client *websocket.Conn, upstream CDPUpstream, o CDPOptions) error {
 	client.SetReadLimit(MaxCDPMessage)
-	upstream.SetReadLimit(MaxCDPMessage)
 	// Cancelling a coder/websocket read or write context closes the
-	// connection, so each connection's operations run under a context
-	// cancelled only to cut that connection.
+	// connection, so the client's operations run under a context
+	// cancelled only to cut it.
 	cctx, cutClient := context.WithCancel(context.WithoutCancel(ctx))
 	defer cutClient()
 	uctx, cutUpstream := context.WithCancel(context.WithoutCancel(ctx))
@@ -97,8 +57,8 @@ func RelayCDP(ctx context.Context, client, upstream *websocket.Conn, o CDPOption
 
 	down := make(chan copyEnd, 1) // browser → client
 	up := make(chan copyEnd, 1)   // client → browser
-	go func() { down <- copyMessages(uctx, upstream, cctx, client, "out", o.OnBytes) }()
-	go func() { up <- copyMessages(cctx, client, uctx, upstream, "in", o.OnBytes) }()
+	go func() { down <- copyDown(uctx, upstream, cctx, client, o.OnBytes) }()
+	go func() { up <- copyUp(cctx, client, uctx, upstream, o.OnBytes) }()
 
 	var err error
 	downRunning, upRunning := true, true
@@ -106,7 +66,7 @@ func RelayCDP(ctx context.Context, client, upstream *websocket.Conn, o CDPOption
 	case e := <-down:
 		downRunning = false
 		if e.readErr != nil {
-			err = errTargetGone // the browser closed or died
+			err = errTargetGone // the browser side closed or died
 		}
 	case e := <-up:
 		upRunning = false
@@ -122,8 +82,9 @@ func RelayCDP(ctx context.Context, client, upstream *websocket.Conn, o CDPOption
 	}
 
 	// The browser side is disposable: cut it, which also stops the
-	// browser → client copier between (or inside) messages.
-	_ = upstream.CloseNow()
+	// browser → client copier between messages.
+	_ = upstream.Close()
+	cutUpstream()
 	// One second in all (SPEC §5) for the message in flight to a client
 	// that may not be reading and for the close handshake, then the
 	// connection is cut.
@@ -151,45 +112,36 @@ type copyEnd struct {
 	readErr, writeErr error
 }
 
-// copyMessages copies messages from src to dst until one fails, each
-// through a Reader and a Writer: frames move as they come, a message is
-// never held whole.
-func copyMessages(srcCtx context.Context, src *websocket.Conn, dstCtx context.Context, dst *websocket.Conn,
-	dir string, onBytes func(string, int)) copyEnd {
-	buf := make([]byte, cdpBufSize)
+// copyDown copies the browser side's messages to the client, as text
+// (CDP is JSON), until one side fails.
+func copyDown(uctx context.Context, src CDPUpstream, cctx context.Context, dst *websocket.Conn, onBytes func(string, int)) copyEnd {
 	for {
-		typ, r, err := src.Reader(srcCtx)
+		msg, err := src.Read(uctx)
 		if err != nil {
 			return copyEnd{readErr: err}
 		}
-		w, err := dst.Writer(dstCtx, typ)
-		if err != nil {
-			return copyEnd{writeErr: err}
-		}
-		n := 0
-		for {
-			m, rerr := r.Read(buf)
-			if m > 0 {
-				if _, werr := w.Write(buf[:m]); werr != nil {
-					return copyEnd{writeErr: werr}
-				}
-				n += m
-			}
-			if errors.Is(rerr, io.EOF) {
-				break
-			}
-			if rerr != nil {
-				// The message is cut: w is left unfinished rather than
-				// closed, so the other side never sees a truncated
-				// message as a whole one.
-				return copyEnd{readErr: rerr}
-			}
-		}
-		if err := w.Close(); err != nil {
+		if err := dst.Write(cctx, websocket.MessageText, msg); err != nil {
 			return copyEnd{writeErr: err}
 		}
 		if onBytes != nil {
-			onBytes(dir, n)
+			onBytes("out", len(msg))
+		}
+	}
+}
+
+// copyUp copies the client's messages, text or binary, to the browser
+// side until one side fails.
+func copyUp(cctx context.Context, src *websocket.Conn, uctx context.Context, dst CDPUpstream, onBytes func(string, int)) copyEnd {
+	for {
+		_, msg, err := src.Read(cctx)
+		if err != nil {
+			return copyEnd{readErr: err}
+		}
+		if err := dst.Write(uctx, msg); err != nil {
+			return copyEnd{writeErr: err}
+		}
+		if onBytes != nil {
+			onBytes("in", len(msg))
 		}
 	}
 }

@@ -1,28 +1,22 @@
 package channels
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
-	"fmt"
-	"io"
 	"net/http"
 	"strings"
 
 	"github.com/nimbus/gateway/problem"
+	"github.com/nimbus/gateway/targets"
 )
 
-// maxDiscoveryBody bounds the /json/version and /json/list answers the
-// gateway decodes to rewrite (a browser with thousands of targets stays
-// far below it); /json/protocol is streamed as is.
-const maxDiscoveryBody = 16 << 20
-
 // discoveryEndpoints maps the paths clients ask for, with or without the
-// trailing slash Playwright adds, to Chromium's own.
+// trailing slash Playwright adds, to the answer.
 var discoveryEndpoints = map[string]string{
-	"/json/version": "/json/version", "/json/version/": "/json/version",
-	"/json/list": "/json/list", "/json/list/": "/json/list",
-	"/json": "/json/list", "/json/": "/json/list",
-	"/json/protocol": "/json/protocol", "/json/protocol/": "/json/protocol",
+	"/json/version": "version", "/json/version/": "version",
+	"/json/list": "list", "/json/list/": "list",
+	"/json": "list", "/json/": "list",
+	"/json/protocol": "protocol", "/json/protocol/": "protocol",
 }
 
 // CDPDiscoveryPaths are the path suffixes CDPDiscovery answers.
@@ -34,107 +28,79 @@ func CDPDiscoveryPaths() []string {
 	return out
 }
 
+// DiscoverySource is what the discovery endpoints ask: a targets.Browser,
+// over its DevTools pipe.
+type DiscoverySource interface {
+	Version(ctx context.Context) (targets.BrowserVersion, error)
+	Targets(ctx context.Context) ([]targets.TargetInfo, error)
+}
+
 // CDPDiscovery answers a DevTools discovery request — GET whose path ends
-// in /json/version, /json/list (or /json), /json/protocol, each also with
-// a trailing slash — from the browser at upstreamBase
-// (http://127.0.0.1:PORT), asked with Host: localhost. It answers as
-// Chromium does, except that every webSocketDebuggerUrl is replaced with
-// rewrite's result (a URL the client can reach) — or dropped when rewrite
-// returns "" — and devtoolsFrontendUrl, which points at pages of the
-// browser the gateway does not serve, is dropped. Nothing is written when
-// it returns an error: a problem.Error (404 for another path, 502 when the
+// in /json/version, /json/list (or /json), each also with a trailing
+// slash — itself, as Chromium would: the browser has no DevTools HTTP
+// port (issue 12), so the answers are built from Browser.getVersion and
+// Target.getTargets over its pipe. Every webSocketDebuggerUrl is
+// wsURL(targetID) (targetID "" for the browser); devtoolsFrontendUrl,
+// which points at pages the gateway does not serve, is left out.
+// /json/protocol is 404: Chromium serves its protocol document only over
+// HTTP, which the gateway no longer opens. Nothing is written when it
+// returns an error: a problem.Error (404 for another path, 502 when the
 // browser does not answer), for the caller to write.
-func CDPDiscovery(w http.ResponseWriter, r *http.Request, upstreamBase string, rewrite func(upstreamWS string) (string, error)) error {
-	endpoint := ""
+func CDPDiscovery(w http.ResponseWriter, r *http.Request, src DiscoverySource, wsURL func(targetID string) string) error {
+	endpoint, n := "", 0
 	for suffix, e := range discoveryEndpoints {
-		if strings.HasSuffix(r.URL.Path, suffix) && len(suffix) > len(endpoint) {
-			endpoint = e
+		if strings.HasSuffix(r.URL.Path, suffix) && len(suffix) > n {
+			endpoint, n = e, len(suffix)
 		}
 	}
-	if endpoint == "" {
+	var body any
+	switch endpoint {
+	case "version":
+		v, err := src.Version(r.Context())
+		if err != nil {
+			return cdpUnavailable(err)
+		}
+		body = map[string]string{
+			"Browser": v.Product, "Protocol-Version": v.ProtocolVersion, "User-Agent": v.UserAgent,
+			"V8-Version": v.JSVersion, "WebKit-Version": webKitVersion(v),
+			"webSocketDebuggerUrl": wsURL(""),
+		}
+	case "list":
+		ts, err := src.Targets(r.Context())
+		if err != nil {
+			return cdpUnavailable(err)
+		}
+		list := make([]map[string]string, 0, len(ts))
+		for _, t := range ts {
+			if t.Type == "browser" {
+				continue
+			}
+			list = append(list, map[string]string{
+				"description": "", "id": t.TargetID, "title": t.Title, "type": t.Type, "url": t.URL,
+				"webSocketDebuggerUrl": wsURL(t.TargetID),
+			})
+		}
+		body = list
+	case "protocol":
+		return problem.New(problem.NotFound, "the protocol document is not served: the gateway talks to Chromium over a pipe, which does not carry it")
+	default:
 		return problem.New(problem.NotFound, "no DevTools endpoint at %s", r.URL.Path)
 	}
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, upstreamBase+endpoint, nil)
-	if err != nil {
-		return problem.Wrap(problem.Internal, err, "building the browser request failed")
-	}
-	req.Host = "localhost"
-	resp, err := cdpHTTP.Do(req)
-	if err != nil {
-		return cdpUnavailable(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return cdpUnavailable(fmt.Errorf("%s answered %s", endpoint, resp.Status))
-	}
 	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
-	w.Header().Set("Cache-Control", "no-store") // it carries signed URLs
-	if endpoint == "/json/protocol" {
-		w.WriteHeader(http.StatusOK)
-		_, _ = io.Copy(w, resp.Body)
-		return nil
-	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxDiscoveryBody))
-	if err != nil {
-		return cdpUnavailable(err)
-	}
-	out, err := rewriteDiscovery(raw, endpoint == "/json/list", rewrite)
-	if err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(out)
-	return nil
-}
-
-// rewriteDiscovery rewrites a /json/version object or a /json/list array.
-func rewriteDiscovery(raw []byte, list bool, rewrite func(string) (string, error)) ([]byte, error) {
-	var objs []map[string]any
-	if list {
-		if err := decodeCDPJSON(raw, &objs); err != nil {
-			return nil, cdpUnavailable(fmt.Errorf("/json/list: %w", err))
-		}
-	} else {
-		var obj map[string]any
-		if err := decodeCDPJSON(raw, &obj); err != nil {
-			return nil, cdpUnavailable(fmt.Errorf("/json/version: %w", err))
-		}
-		objs = []map[string]any{obj}
-	}
-	for _, o := range objs {
-		delete(o, "devtoolsFrontendUrl")
-		delete(o, "devtoolsFrontendUrlCompat")
-		u, ok := o["webSocketDebuggerUrl"].(string)
-		if !ok {
-			continue
-		}
-		nu, err := rewrite(u)
-		if err != nil {
-			return nil, err
-		}
-		if nu == "" {
-			delete(o, "webSocketDebuggerUrl")
-		} else {
-			o["webSocketDebuggerUrl"] = nu
-		}
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false) // the URLs' & and = as they are
+	enc := json.NewEncoder(w)
 	enc.SetIndent("", "   ")
-	var v any = objs
-	if !list {
-		v = objs[0]
-	}
-	if err := enc.Encode(v); err != nil {
-		return nil, problem.Wrap(problem.Internal, err, "encoding the DevTools answer failed")
-	}
-	return buf.Bytes(), nil
+	return enc.Encode(body)
 }
 
-// decodeCDPJSON decodes keeping numbers as they were written.
-func decodeCDPJSON(raw []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	return dec.Decode(v)
+// webKitVersion is Chromium's "537.36 (@<revision>)".
+func webKitVersion(v targets.BrowserVersion) string {
+	ua := v.UserAgent
+	if i := strings.Index(ua, "AppleWebKit/"); i >= 0 {
+		rest := ua[i+len("AppleWebKit/"):]
+		if j := strings.IndexByte(rest, ' '); j >= 0 {
+			rest = rest[:j]
+		}
+		return rest + " (" + v.Revision + ")"
+	}
+	return v.Revision
 }

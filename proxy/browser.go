@@ -11,6 +11,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 
 	"github.com/nimbus/gateway/channels"
 	"github.com/nimbus/gateway/lease"
@@ -42,11 +43,12 @@ func (s *Server) provisionBrowser(ctx context.Context, sess *lease.Session) erro
 	if s.browsers == nil {
 		return problem.New(problem.Unavailable, "the browser service is not running on this gateway (no Chromium)")
 	}
-	b, err := s.browsers.Acquire(ctx, sess.ID, sess.ExpiresAt)
+	b, err := s.browsers.Acquire(ctx, sess.TenantID, sess.ID, sess.ExpiresAt)
 	if err != nil {
 		return err
 	}
 	sess.Snapshot.Backend = backendPrefix + b.ID
+	s.watchBrowser(sess, b)
 	if sess.HasChannel(lease.Page) {
 		id, err := b.NewPage(ctx)
 		if err != nil {
@@ -58,6 +60,39 @@ func (s *Server) provisionBrowser(ctx context.Context, sess *lease.Session) erro
 	return nil
 }
 
+// watchBrowser closes sess — reason "target exited", by the system,
+// audited — when its browser exits on its own (a crash, an OOM kill,
+// Browser.close from a client): issue 12 found such sessions left open
+// for their whole TTL with every connect answering 502. A browser the
+// pool killed (release, expiry, shutdown) is the session's end, not news.
+func (s *Server) watchBrowser(sess *lease.Session, b *targets.Browser) {
+	tenant, id, target := sess.TenantID, sess.ID, sess.Target.String()
+	context.AfterFunc(b.Context(), func() {
+		if b.Killed() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		at := lease.Millis(s.now())
+		ev := lease.Event{ID: lease.NewEventID(), Time: at, TenantID: tenant, Principal: lease.SystemPrincipal,
+			Action: lease.ActionClose, Outcome: lease.Success, SessionID: id, Target: target}
+		_, err := s.sessions.CloseSession(ctx, lease.CloseRequest{
+			TenantID: tenant, ID: id, Reason: reasonTargetExited, By: lease.SystemPrincipal, At: at}, ev)
+		s.releaseBrowser(id)
+		if err != nil {
+			// Not open any more (closed or expired meanwhile), or never
+			// committed (the open failed after step 7): nothing to close.
+			s.log.Debug("closing a session whose browser exited", zap.String("sessionId", id), zap.Error(err))
+			return
+		}
+		s.log.Info("session closed: its browser exited", zap.String("sessionId", id), zap.String("tenantId", tenant))
+		s.conns.closeSession(id, causeClosed(reasonTargetExited))
+	})
+}
+
+// reasonTargetExited is the close reason of a session whose target died.
+const reasonTargetExited = "target exited"
+
 // releaseBrowser ends the browser of a session, if it has one: its whole
 // process group is killed and its profile removed. It is called when the
 // session ends (close, recorded expiry) or its open failed; the pool also
@@ -68,9 +103,9 @@ func (s *Server) releaseBrowser(sessionID string) {
 	}
 }
 
-// attachBrowser dials the session's browser for the cdp channel (its
-// browser-level endpoint) or the page channel (its page's endpoint),
-// before the upgrade: a dead browser is a 502.
+// attachBrowser connects to the session's browser for the cdp channel
+// (a browser-level session on its DevTools pipe) or the page channel (a
+// session on its page), before the upgrade: a dead browser is a 502.
 func (s *Server) attachBrowser(sess *lease.Session, ch lease.Channel) (backend, error) {
 	b, err := s.sessionBrowser(sess)
 	if err != nil {
@@ -78,13 +113,13 @@ func (s *Server) attachBrowser(sess *lease.Session, ch lease.Channel) (backend, 
 	}
 	switch ch {
 	case lease.CDP:
-		return s.dialBrowser(sess, b, string(ch), b.WebSocketDebuggerURL)
+		return s.dialBrowser(sess, b, string(ch), "")
 	case lease.Page:
 		_, page, ok := strings.Cut(sess.Snapshot.Backend, pageMarker)
 		if !ok {
 			return nil, problem.New(problem.BadGateway, "session %s has no page", sess.ID)
 		}
-		return s.dialBrowser(sess, b, string(ch), b.PageWebSocketURL(page))
+		return s.dialBrowser(sess, b, string(ch), page)
 	}
 	return nil, problem.New(problem.ChannelUnsupported, "the browser service does not offer channel %s", ch)
 }
@@ -107,11 +142,16 @@ func (s *Server) sessionBrowser(sess *lease.Session) (*targets.Browser, error) {
 	return b, nil
 }
 
-// dialBrowser connects to a DevTools endpoint of b.
-func (s *Server) dialBrowser(sess *lease.Session, b *targets.Browser, ch, upstreamURL string) (*cdpBackend, error) {
-	up, err := channels.DialCDP(context.Background(), upstreamURL)
-	if errors.Is(err, channels.ErrNoSuchTarget) {
-		return nil, problem.New(problem.NotFound, "the browser of session %s has no such target", sess.ID)
+// dialBrowser opens a connection to b's DevTools: browser-level when
+// targetID is "", else to that target of b (a target of any other browser
+// is not found).
+func (s *Server) dialBrowser(sess *lease.Session, b *targets.Browser, ch, targetID string) (*cdpBackend, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	up, err := b.Connect(ctx, targetID)
+	var ce *targets.CDPError
+	if errors.As(err, &ce) && targetID != "" {
+		return nil, problem.New(problem.NotFound, "the browser of session %s has no target %s", sess.ID, targetID)
 	}
 	if err != nil {
 		return nil, problem.Wrap(problem.BadGateway, err, "the browser of session "+sess.ID+" did not answer")
@@ -119,13 +159,12 @@ func (s *Server) dialBrowser(sess *lease.Session, b *targets.Browser, ch, upstre
 	return &cdpBackend{s: s, browser: b, up: up, channel: ch, expiresAt: sess.ExpiresAt}, nil
 }
 
-// cdpBackend is a client attached to a DevTools endpoint of its
-// session's browser.
+// cdpBackend is a client attached to its session's browser.
 type cdpBackend struct {
 	// Static after attach.
 	s         *Server
 	browser   *targets.Browser
-	up        *websocket.Conn
+	up        *targets.CDPConn
 	channel   string
 	expiresAt time.Time
 }
@@ -134,9 +173,9 @@ type cdpBackend struct {
 func (b *cdpBackend) protocols() []string { return nil }
 
 func (b *cdpBackend) serve(ctx context.Context, conn *websocket.Conn) error {
-	// A browser that dies closes its sockets, which the relay sees; this
-	// also covers one that dies with the connection idle in a way the
-	// kernel does not report (a hung, then killed, process group).
+	// A browser that dies closes its pipe, which ends the connection's
+	// Read; this also covers one whose death is seen first through its
+	// process (Done).
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop := context.AfterFunc(b.browser.Context(), func() { cancel(errBrowserGone) })
@@ -153,7 +192,7 @@ func (b *cdpBackend) serve(ctx context.Context, conn *websocket.Conn) error {
 	return err
 }
 
-func (b *cdpBackend) release() { _ = b.up.CloseNow() }
+func (b *cdpBackend) release() { _ = b.up.Close() }
 
 var errBrowserGone = channels.Close(channels.StatusTargetUnavailable, "target unavailable")
 
@@ -219,20 +258,13 @@ func (s *Server) cdpDiscovery(w http.ResponseWriter, r *http.Request) {
 	}
 	base := s.wsBase(r) + "/v1/connect/" + sid + "/cdp"
 	q := "?token=" + url.QueryEscape(tok)
-	rewrite := func(upstream string) (string, error) {
-		u, err := url.Parse(upstream)
-		if err != nil {
-			return "", nil
+	wsURL := func(targetID string) string {
+		if targetID == "" {
+			return base + q
 		}
-		if strings.HasPrefix(u.Path, "/devtools/browser/") {
-			return base + q, nil
-		}
-		if id, ok := strings.CutPrefix(u.Path, "/devtools/page/"); ok && validTargetID(id) {
-			return base + "/devtools/page/" + id + q, nil
-		}
-		return "", nil // nothing the gateway serves
+		return base + "/devtools/page/" + targetID + q
 	}
-	if err := channels.CDPDiscovery(w, r, b.HTTPURL(), rewrite); err != nil {
+	if err := channels.CDPDiscovery(w, r, b, wsURL); err != nil {
 		s.writeError(w, r, err)
 	}
 }
@@ -266,7 +298,7 @@ func (s *Server) connectPage(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, err
 		}
-		return s.dialBrowser(sess, b, string(lease.CDP), b.PageWebSocketURL(target))
+		return s.dialBrowser(sess, b, string(lease.CDP), target)
 	})
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,6 +55,16 @@ type BrowserOptions struct {
 	Logger *zap.Logger
 	// ExtraArgs are added to Chromium's command line, before the URL.
 	ExtraArgs []string
+	// UIDs, if set, is a block of user ids: each browser runs as an id of
+	// its own (user and group, no supplementary groups), owner of its
+	// profile and downloads folder and of nothing else, so a page or a
+	// CDP client can read neither the gateway's keys and database nor
+	// other tenants' files (issue 12). It needs the gateway to run as
+	// root. Nil means browsers run as the gateway's own user.
+	UIDs *UIDRange
+	// MaxPerTenant bounds the browsers one tenant holds at once, so one
+	// tenant cannot take them all; 0 means half of Max, at least 1.
+	MaxPerTenant int
 }
 
 // BrowserStats is a snapshot of the pool for metrics.
@@ -79,7 +88,8 @@ type BrowserPool struct {
 	startTimeout time.Duration
 	log          *zap.Logger
 	extraArgs    []string
-	http         *http.Client
+	uids         *browserUIDs // nil: the gateway's own user
+	maxPerTenant int
 	// stopLaunches ends the launches in flight at Close.
 	launchCtx    context.Context
 	stopLaunches context.CancelFunc
@@ -94,9 +104,10 @@ type BrowserPool struct {
 	all        map[*Browser]struct{} // started and not yet reaped
 	idle       []*Browser            // warm, oldest first
 	bySession  map[string]*Browser
-	live       int // reserved slots: launching or running, ≤ max
-	warming    int // warm launches in flight
-	dying      int // released, not yet reaped
+	byTenant   map[string]int // browsers held per tenant
+	live       int            // reserved slots: launching or running, ≤ max
+	warming    int            // warm launches in flight
+	dying      int            // released, not yet reaped
 	changed    chan struct{}
 	failedAt   time.Time // last failed warm launch
 	started    bool      // Start ran: keep the warm pool filled
@@ -124,11 +135,19 @@ func NewBrowserPool(o BrowserOptions) (*BrowserPool, error) {
 	}
 	p := &BrowserPool{
 		chromium: path, root: root, warm: o.Warm, max: o.Max, startTimeout: o.StartTimeout,
-		log: o.Logger, extraArgs: o.ExtraArgs,
-		// No keep-alive: an idle connection would hold two goroutines
-		// per browser, and the pool talks to a browser twice at most.
-		http: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second},
-		all:  map[*Browser]struct{}{}, bySession: map[string]*Browser{}, changed: make(chan struct{}),
+		log: o.Logger, extraArgs: o.ExtraArgs, maxPerTenant: o.MaxPerTenant,
+		all: map[*Browser]struct{}{}, bySession: map[string]*Browser{}, byTenant: map[string]int{},
+		changed: make(chan struct{}),
+	}
+	if o.UIDs != nil {
+		p.uids = &browserUIDs{r: *o.UIDs, used: map[uint32]bool{}}
+		// The browsers' users pass through to their own profiles only.
+		if err := os.Chmod(root, 0o711); err != nil {
+			return nil, fmt.Errorf("browser profiles: %w", err)
+		}
+		if err := CheckReach(root, Credential{UID: o.UIDs.First, GID: o.UIDs.First}); err != nil {
+			return nil, fmt.Errorf("browser profiles: %w", err)
+		}
 	}
 	switch {
 	case p.warm == 0:
@@ -138,6 +157,9 @@ func NewBrowserPool(o BrowserOptions) (*BrowserPool, error) {
 	}
 	if p.max <= 0 {
 		p.max = defaultMaxBrowsers
+	}
+	if p.maxPerTenant <= 0 {
+		p.maxPerTenant = max(p.max/2, 1)
 	}
 	p.warm = min(p.warm, p.max)
 	if p.startTimeout <= 0 {
@@ -179,11 +201,12 @@ func (p *BrowserPool) Start(ctx context.Context) error {
 	return err
 }
 
-// Acquire gives sessionID a browser of its own: a warm one, else a new
-// launch. Beyond Max live browsers it fails with problem.ResourceExhausted
-// (with RetryAfter); a launch that fails is problem.Unavailable. The
-// browser is released by Release, or by the pool itself at expiresAt.
-func (p *BrowserPool) Acquire(ctx context.Context, sessionID string, expiresAt time.Time) (*Browser, error) {
+// Acquire gives sessionID, of tenantID, a browser of its own: a warm one,
+// else a new launch. Beyond Max live browsers, or MaxPerTenant of the
+// tenant's, it fails with problem.ResourceExhausted (with RetryAfter); a
+// launch that fails is problem.Unavailable. The browser is released by
+// Release, or by the pool itself at expiresAt.
+func (p *BrowserPool) Acquire(ctx context.Context, tenantID, sessionID string, expiresAt time.Time) (*Browser, error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -194,8 +217,15 @@ func (p *BrowserPool) Acquire(ctx context.Context, sessionID string, expiresAt t
 			p.mu.Unlock()
 			return nil, problem.New(problem.Internal, "session %s already has a browser", sessionID)
 		}
+		if n := p.byTenant[tenantID]; n >= p.maxPerTenant {
+			p.mu.Unlock()
+			e := problem.New(problem.ResourceExhausted, "tenant %s holds %d browsers, its most", tenantID, n).
+				With("limit", p.maxPerTenant)
+			e.RetryAfter = browserRetryAfter
+			return nil, e
+		}
 		if b := p.popIdleLocked(); b != nil {
-			p.assignLocked(b, sessionID, expiresAt)
+			p.assignLocked(b, tenantID, sessionID, expiresAt)
 			p.refillLocked()
 			p.mu.Unlock()
 			return b, nil
@@ -213,7 +243,7 @@ func (p *BrowserPool) Acquire(ctx context.Context, sessionID string, expiresAt t
 				b.stop()
 				return nil, errPoolClosed
 			}
-			p.assignLocked(b, sessionID, expiresAt)
+			p.assignLocked(b, tenantID, sessionID, expiresAt)
 			p.mu.Unlock()
 			return b, nil
 		}
@@ -320,9 +350,10 @@ func (p *BrowserPool) popIdleLocked() *Browser {
 // assignLocked hands b to sessionID, with the safety-net release at
 // expiresAt: a browser never outlives its session, whether or not the
 // expiry is recorded and Release called.
-func (p *BrowserPool) assignLocked(b *Browser, sessionID string, expiresAt time.Time) {
-	b.sessionID = sessionID
+func (p *BrowserPool) assignLocked(b *Browser, tenantID, sessionID string, expiresAt time.Time) {
+	b.sessionID, b.tenantID = sessionID, tenantID
 	p.bySession[sessionID] = b
+	p.byTenant[tenantID]++
 	b.timer = time.AfterFunc(time.Until(expiresAt), func() {
 		p.mu.Lock()
 		if p.bySession[sessionID] != b {
@@ -344,6 +375,9 @@ func (p *BrowserPool) detachLocked(sessionID string) *Browser {
 		return nil
 	}
 	delete(p.bySession, sessionID)
+	if p.byTenant[b.tenantID]--; p.byTenant[b.tenantID] <= 0 {
+		delete(p.byTenant, b.tenantID)
+	}
 	b.timer.Stop()
 	b.dying = true
 	p.dying++

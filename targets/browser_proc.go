@@ -8,10 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+
 	"io/fs"
 	"maps"
-	"net/http"
+
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,23 +24,24 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/nimbus/gateway/problem"
 )
 
 // chromiumFlags launch a headless Chromium for remote control only: no
-// first-run UI, no background traffic to Google, DevTools on a port of the
-// kernel's choosing on loopback (read back from DevToolsActivePort).
-// --no-sandbox: the gateway's isolation is the process group and the
-// profile, and Chromium's own sandbox needs user namespaces that
-// containers seldom grant.
+// first-run UI, no background traffic to Google, and DevTools on the pipe
+// (fds 3 and 4), never a TCP port (see cdp_pipe.go).
+// --no-sandbox: Chromium's own sandbox needs user namespaces that
+// containers seldom grant; the wall is the browser's own user
+// (BrowserOptions.UIDs) and its process group.
 var chromiumFlags = []string{
 	"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 	"--disable-background-networking", "--disable-component-update", "--disable-sync",
-	"--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
+	"--remote-debugging-pipe",
 }
 
-// activePortFile is where Chromium writes its DevTools port and browser
-// path when started with --remote-debugging-port=0.
-const activePortFile = "DevToolsActivePort"
+// downloadsDir is the folder of a browser's directory its downloads land in.
+const downloadsDir = "downloads"
 
 // Browser is one Chromium process (and its children, in its process
 // group) with a profile of its own.
@@ -51,14 +52,17 @@ type Browser struct {
 	ID string
 	// PID is the browser process, leader of its process group.
 	PID int
-	// Port is the DevTools HTTP and WebSocket port on 127.0.0.1.
-	Port int
-	// WebSocketDebuggerURL is the browser-level CDP endpoint,
-	// ws://127.0.0.1:PORT/devtools/browser/<uuid>.
-	WebSocketDebuggerURL string
+	// UID is the user the browser runs as; the gateway's own when the
+	// pool has no UIDs.
+	UID uint32
 
-	pool *BrowserPool
-	dir  string
+	pool   *BrowserPool
+	dir    string // the profile, Chromium's --user-data-dir and HOME
+	pipe   *cdpPipe
+	policy *cdpPolicy
+	// childIn and childOut are Chromium's ends of the pipe, closed by
+	// run once Chromium has them.
+	childIn, childOut *os.File
 	// ctx is cancelled once the processes are reaped and the profile is
 	// removed, whatever ended them.
 	ctx    context.Context
@@ -77,15 +81,16 @@ type Browser struct {
 	exited, killed bool
 
 	// Guarded by the pool's mu.
-	sessionID string
-	timer     *time.Timer
-	dying     bool // released: counted in the pool's dying
+	sessionID, tenantID string
+	timer               *time.Timer
+	dying               bool // released: counted in the pool's dying
 }
 
 // Done is closed as soon as the browser's process has exited: released,
-// or dead on its own (a crash, an OOM kill). A session's connections then
-// close with 4502. It does not wait for the cleanup (group reaped, profile
-// removed), which can take a second on a loaded machine.
+// or dead on its own (a crash, an OOM kill, Browser.close from a client).
+// A session's connections then close with 4502. It does not wait for the
+// cleanup (group reaped, profile removed), which can take a second on a
+// loaded machine.
 func (b *Browser) Done() <-chan struct{} { return b.exitCtx.Done() }
 
 // Gone is closed once the browser's processes are all reaped and its
@@ -95,51 +100,83 @@ func (b *Browser) Gone() <-chan struct{} { return b.ctx.Done() }
 // Context is cancelled when Done is closed, for context.AfterFunc.
 func (b *Browser) Context() context.Context { return b.exitCtx }
 
-// PageWebSocketURL is the page-level CDP endpoint of a target of b.
-func (b *Browser) PageWebSocketURL(targetID string) string {
-	return "ws://127.0.0.1:" + strconv.Itoa(b.Port) + "/devtools/page/" + targetID
+// Killed reports whether the pool ended b (a release, an expiry, a
+// shutdown) rather than b exiting on its own.
+func (b *Browser) Killed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.killed
 }
 
-// HTTPURL is the base of b's DevTools HTTP endpoints (/json/version…).
-func (b *Browser) HTTPURL() string { return "http://127.0.0.1:" + strconv.Itoa(b.Port) }
+// DownloadsDir is the folder b's downloads land in (see cdpPolicy).
+func (b *Browser) DownloadsDir() string { return b.policy.downloads }
 
 // NewPage opens an about:blank page target in b and returns its target id.
 func (b *Browser) NewPage(ctx context.Context) (string, error) {
-	// Chrome 111+ answers /json/new only to PUT.
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, b.HTTPURL()+"/json/new?about:blank", nil)
-	if err != nil {
-		return "", err
-	}
-	req.Host = "localhost" // Chromium refuses DevTools requests for other host names
-	resp, err := b.pool.http.Do(req)
+	res, err := b.pipe.call(ctx, "", "Target.createTarget", map[string]string{"url": "about:blank"}, nil)
 	if err != nil {
 		return "", fmt.Errorf("creating a page: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return "", fmt.Errorf("creating a page: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("creating a page: %s: %s", resp.Status, bytes.TrimSpace(body))
 	}
 	var t struct {
-		ID   string `json:"id"`
-		Type string `json:"type"`
+		TargetID string `json:"targetId"`
 	}
-	if err := json.Unmarshal(body, &t); err != nil || t.ID == "" {
-		return "", fmt.Errorf("creating a page: unexpected answer %q", body)
+	if err := json.Unmarshal(res, &t); err != nil || t.TargetID == "" {
+		return "", fmt.Errorf("creating a page: unexpected answer %q", res)
 	}
-	return t.ID, nil
+	return t.TargetID, nil
 }
 
-// launch starts a browser and waits for its DevTools endpoint. The caller
-// has reserved a live slot, which the browser's run goroutine gives back
-// when the process is gone (or launch itself if it never starts one).
+// BrowserVersion is Browser.getVersion's answer.
+type BrowserVersion struct {
+	ProtocolVersion string `json:"protocolVersion"`
+	Product         string `json:"product"`
+	Revision        string `json:"revision"`
+	UserAgent       string `json:"userAgent"`
+	JSVersion       string `json:"jsVersion"`
+}
+
+// Version asks b for its version, for /json/version.
+func (b *Browser) Version(ctx context.Context) (BrowserVersion, error) {
+	var v BrowserVersion
+	res, err := b.pipe.call(ctx, "", "Browser.getVersion", nil, nil)
+	if err == nil {
+		err = json.Unmarshal(res, &v)
+	}
+	return v, err
+}
+
+// TargetInfo is one target of a browser, as Target.getTargets lists it.
+type TargetInfo struct {
+	TargetID string `json:"targetId"`
+	Type     string `json:"type"`
+	Title    string `json:"title"`
+	URL      string `json:"url"`
+	Attached bool   `json:"attached"`
+}
+
+// Targets lists b's targets, for /json/list.
+func (b *Browser) Targets(ctx context.Context) ([]TargetInfo, error) {
+	res, err := b.pipe.call(ctx, "", "Target.getTargets", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var v struct {
+		TargetInfos []TargetInfo `json:"targetInfos"`
+	}
+	if err := json.Unmarshal(res, &v); err != nil {
+		return nil, err
+	}
+	return v.TargetInfos, nil
+}
+
+// launch starts a browser and waits until it answers on its pipe. The
+// caller has reserved a live slot, which the browser's run goroutine gives
+// back when the process is gone (or launch itself if it never starts one).
 func (p *BrowserPool) launch(ctx context.Context) (*Browser, error) {
 	start := time.Now()
 	id := newBrowserID()
 	b := &Browser{ID: id, pool: p, dir: filepath.Join(p.root, id)}
+	b.policy = &cdpPolicy{downloads: filepath.Join(b.dir, downloadsDir)}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.exitCtx, b.exitCancel = context.WithCancel(b.ctx)
 	cmd, err := p.command(b)
@@ -153,8 +190,7 @@ func (p *BrowserPool) launch(ctx context.Context) (*Browser, error) {
 		p.mu.Unlock()
 		b.cancel()
 		p.unreserve()
-		_ = cmd.Stderr.(*os.File).Close()
-		_ = os.RemoveAll(b.dir)
+		b.discard(cmd)
 		return nil, errPoolClosed
 	}
 	p.wg.Add(1)
@@ -169,14 +205,14 @@ func (p *BrowserPool) launch(ctx context.Context) (*Browser, error) {
 	defer cancel()
 	stop := context.AfterFunc(p.launchCtx, cancel)
 	defer stop()
-	port, path, err := b.waitActivePort(ctx)
-	if err != nil {
+	// The first answer on the pipe says Chromium is ready; downloads go to
+	// the browser's own folder from the start, whatever a client asks.
+	if _, err := b.pipe.call(ctx, "", "Browser.setDownloadBehavior",
+		map[string]any{"behavior": "allow", "downloadPath": b.policy.downloads}, nil); err != nil {
 		b.stop()
 		return nil, fmt.Errorf("chromium %s (pid %d): %w%s", id, b.PID, err, b.lastWords)
 	}
-	b.Port = port
-	b.WebSocketDebuggerURL = "ws://127.0.0.1:" + strconv.Itoa(port) + path
-	p.log.Debug("browser started", zap.String("browser", id), zap.Int("pid", b.PID), zap.Int("port", port),
+	p.log.Debug("browser started", zap.String("browser", id), zap.Int("pid", b.PID), zap.Uint32("uid", b.UID),
 		zap.Duration("took", time.Since(start)))
 	return b, nil
 }
@@ -189,19 +225,53 @@ func (p *BrowserPool) unreserve() {
 	p.mu.Unlock()
 }
 
-// command builds the Chromium command of b and makes its profile.
+// command builds the Chromium command of b, makes its profile and
+// downloads folder (owned by the browser's user) and its pipe.
 func (p *BrowserPool) command(b *Browser) (*exec.Cmd, error) {
-	if err := os.Mkdir(b.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("browser profile: %w", err)
+	var cred *syscall.Credential
+	if p.uids != nil {
+		uid, err := p.uids.take()
+		if err != nil {
+			return nil, problem.Wrap(problem.ResourceExhausted, err, "no user for another browser")
+		}
+		b.UID = uid
+		cred = &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}
+	} else {
+		b.UID = uint32(os.Geteuid())
 	}
-	// Chromium's stderr goes to a file in the profile, for the error of a
-	// failed launch; it is removed with the profile. A file, not a pipe:
-	// a pipe held by a stray child would block the reap.
-	stderr, err := os.Create(filepath.Join(b.dir, "chromium.log"))
-	if err != nil {
+	fail := func(err error) (*exec.Cmd, error) {
 		_ = os.RemoveAll(b.dir)
+		p.giveUID(b)
 		return nil, err
 	}
+	if err := os.Mkdir(b.dir, 0o700); err != nil {
+		return fail(fmt.Errorf("browser profile: %w", err))
+	}
+	if err := os.Mkdir(b.policy.downloads, 0o700); err != nil {
+		return fail(fmt.Errorf("browser downloads: %w", err))
+	}
+	if cred != nil {
+		for _, d := range []string{b.dir, b.policy.downloads} {
+			if err := os.Chown(d, int(b.UID), int(b.UID)); err != nil {
+				return fail(fmt.Errorf("browser profile: %w", err))
+			}
+		}
+	}
+	// Chromium's stderr goes to a file beside the profile's contents, for
+	// the error of a failed launch; it is removed with the profile. A
+	// file, not a pipe: a pipe held by a stray child would block the
+	// reap. The file is the gateway's (root's), open for Chromium only
+	// through the descriptor it is given.
+	stderr, err := os.OpenFile(filepath.Join(b.dir, "chromium.log"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fail(err)
+	}
+	pipe, childIn, childOut, err := newCDPPipe()
+	if err != nil {
+		_ = stderr.Close()
+		return fail(err)
+	}
+	b.pipe, b.childIn, b.childOut = pipe, childIn, childOut
 	args := append([]string{p.chromium}, chromiumFlags...)
 	args = append(args, "--user-data-dir="+b.dir)
 	args = append(args, p.extraArgs...)
@@ -219,10 +289,23 @@ func (p *BrowserPool) command(b *Browser) (*exec.Cmd, error) {
 		Dir:    b.dir,
 		Stderr: stderr,
 		Stdout: stderr,
+		// fds 3 and 4: --remote-debugging-pipe.
+		ExtraFiles: []*os.File{childIn, childOut},
 		// The group is killed as a whole; the browser dies with the
-		// gateway even when the gateway is SIGKILLed (Pdeathsig; see run).
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+		// gateway even when the gateway is SIGKILLed (Pdeathsig; see run;
+		// Go sets it after the change of user, which would clear it).
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred},
 	}, nil
+}
+
+// discard undoes command for a browser that is not started.
+func (b *Browser) discard(cmd *exec.Cmd) {
+	_ = cmd.Stderr.(*os.File).Close()
+	_ = b.childIn.Close()
+	_ = b.childOut.Close()
+	b.pipe.close()
+	_ = os.RemoveAll(b.dir)
+	b.pool.giveUID(b)
 }
 
 // run starts cmd and waits for it on a goroutine locked to its OS thread
@@ -238,14 +321,18 @@ func (b *Browser) run(cmd *exec.Cmd, started chan<- error) {
 	defer b.cancel()
 	runtime.LockOSThread()
 	err := cmd.Start()
-	_ = cmd.Stderr.(*os.File).Close() // the child has its copy
 	if err != nil {
 		runtime.UnlockOSThread()
-		_ = os.RemoveAll(b.dir)
+		b.discard(cmd)
 		p.unreserve()
 		started <- err
 		return
 	}
+	// The child has its copies.
+	_ = cmd.Stderr.(*os.File).Close()
+	_ = b.childIn.Close()
+	_ = b.childOut.Close()
+	go b.pipe.run()
 	b.PID = cmd.Process.Pid
 	p.mu.Lock()
 	p.all[b] = struct{}{}
@@ -270,6 +357,9 @@ func (b *Browser) run(cmd *exec.Cmd, started chan<- error) {
 	b.mu.Unlock()
 	_ = cmd.Wait()
 	runtime.UnlockOSThread() // reaped: the parent-death signal is moot
+	// The pipe's reader ends at EOF once every holder of fd 4 is dead.
+	b.pipe.close()
+	<-b.pipe.done
 	// Anything of this profile that left the group (none is known to)
 	// must not keep running or writing into the directory being removed.
 	if n := killProfileProcs(b.dir, false); n > 0 {
@@ -283,6 +373,7 @@ func (b *Browser) run(cmd *exec.Cmd, started chan<- error) {
 	if err := os.RemoveAll(b.dir); err != nil {
 		p.log.Warn("removing a browser profile failed", zap.String("dir", b.dir), zap.Error(err))
 	}
+	p.giveUID(b)
 	p.gone(b)
 }
 
@@ -308,43 +399,6 @@ func (b *Browser) kill() {
 func (b *Browser) stop() {
 	b.kill()
 	<-b.ctx.Done()
-}
-
-// waitActivePort polls the profile for DevToolsActivePort: the port on
-// the first line, the browser's WebSocket path on the second.
-func (b *Browser) waitActivePort(ctx context.Context) (int, string, error) {
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if raw, err := os.ReadFile(filepath.Join(b.dir, activePortFile)); err == nil {
-			if port, path, ok := parseActivePort(raw); ok {
-				return port, path, nil
-			}
-		}
-		select {
-		case <-b.ctx.Done():
-			return 0, "", errors.New("exited before DevTools was ready")
-		case <-ctx.Done():
-			return 0, "", fmt.Errorf("waiting for %s: %w", activePortFile, ctx.Err())
-		case <-t.C:
-		}
-	}
-}
-
-// parseActivePort parses DevToolsActivePort, which may be caught half
-// written: ok only when both lines are complete.
-func parseActivePort(raw []byte) (port int, path string, ok bool) {
-	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
-	if len(lines) != 2 {
-		return 0, "", false
-	}
-	port, err := strconv.Atoi(strings.TrimSpace(lines[0]))
-	path = strings.TrimSpace(lines[1])
-	// "/devtools/browser/" and a 36-character UUID.
-	if err != nil || port <= 0 || port > 65535 || !strings.HasPrefix(path, "/devtools/browser/") || len(path) != 18+36 {
-		return 0, "", false
-	}
-	return port, path, true
 }
 
 // stderrTail is the end of Chromium's output, for a launch error.

@@ -3,13 +3,11 @@ package targets
 import (
 	"context"
 	"errors"
-	"io"
 	"io/fs"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -52,7 +50,7 @@ func acquire(t *testing.T, p *BrowserPool, sessionID string, ttl time.Duration) 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	b, err := p.Acquire(ctx, sessionID, time.Now().Add(ttl))
+	b, err := p.Acquire(ctx, "t1", sessionID, time.Now().Add(ttl))
 	if err != nil {
 		t.Fatalf("acquire %s: %v", sessionID, err)
 	}
@@ -97,27 +95,17 @@ func TestBrowserAcquireRelease(t *testing.T) {
 	if got, ok := p.Lookup("ses_a"); !ok || got != b {
 		t.Fatalf("Lookup = %v, %v", got, ok)
 	}
-	if !strings.HasPrefix(b.WebSocketDebuggerURL, "ws://127.0.0.1:") || !strings.Contains(b.WebSocketDebuggerURL, "/devtools/browser/") {
-		t.Fatalf("WebSocketDebuggerURL %q", b.WebSocketDebuggerURL)
-	}
-	req, _ := http.NewRequest(http.MethodGet, b.HTTPURL()+"/json/version", nil)
-	req.Host = "localhost"
-	resp, err := p.http.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	// Chromium builds the URL from the Host header it was asked with.
-	if !strings.Contains(string(body), strings.TrimPrefix(b.WebSocketDebuggerURL, "ws://127.0.0.1:"+strconv.Itoa(b.Port))) {
-		t.Fatalf("/json/version does not name %s: %s", b.WebSocketDebuggerURL, body)
+	v, err := b.Version(context.Background())
+	if err != nil || !strings.Contains(v.Product, "Chrome") || v.ProtocolVersion == "" {
+		t.Fatalf("Version = %+v, %v", v, err)
 	}
 	id, err := b.NewPage(context.Background())
 	if err != nil || id == "" {
 		t.Fatalf("NewPage: %q %v", id, err)
 	}
-	if !strings.HasSuffix(b.PageWebSocketURL(id), "/devtools/page/"+id) {
-		t.Fatalf("PageWebSocketURL %q", b.PageWebSocketURL(id))
+	ts, err := b.Targets(context.Background())
+	if err != nil || !slices.ContainsFunc(ts, func(ti TargetInfo) bool { return ti.TargetID == id && ti.Type == "page" }) {
+		t.Fatalf("Targets = %+v, %v; want page %s", ts, err, id)
 	}
 	// The browser and whichever helpers (zygote, renderer, utility) carry
 	// the profile on their command line — how many varies with the load
@@ -180,13 +168,13 @@ func TestBrowserWarmPool(t *testing.T) {
 // with a Retry-After; a release makes room.
 func TestBrowserMax(t *testing.T) {
 	t.Parallel()
-	p := newTestPool(t, BrowserOptions{Warm: 1, Max: 2})
+	p := newTestPool(t, BrowserOptions{Warm: 1, Max: 2, MaxPerTenant: 3})
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	acquire(t, p, "ses_1", time.Hour)
 	acquire(t, p, "ses_2", time.Hour)
-	_, err := p.Acquire(context.Background(), "ses_3", time.Now().Add(time.Hour))
+	_, err := p.Acquire(context.Background(), "t1", "ses_3", time.Now().Add(time.Hour))
 	var pe *problem.Error
 	if !errors.As(err, &pe) || pe.Code != problem.ResourceExhausted || pe.RetryAfter <= 0 {
 		t.Fatalf("third acquire: %v", err)
@@ -253,14 +241,15 @@ func TestBrowserSweep(t *testing.T) {
 	if err := os.MkdirAll(old, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(chromium, append(chromiumFlags, "--user-data-dir="+old, "about:blank")...)
+	flags := slices.DeleteFunc(slices.Clone(chromiumFlags), func(f string) bool { return f == "--remote-debugging-pipe" })
+	cmd := exec.Command(chromium, append(flags, "--user-data-dir="+old, "about:blank")...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }()
 	eventually(t, 10*time.Second, "the leftover Chromium", func() bool {
-		_, err := os.Stat(filepath.Join(old, activePortFile))
+		_, err := os.Stat(filepath.Join(old, "Local State"))
 		return err == nil
 	})
 
@@ -289,7 +278,7 @@ func TestBrowserClose(t *testing.T) {
 	b := acquire(t, p, "ses_x", time.Hour)
 	p.Close()
 	checkGone(t, b)
-	if _, err := p.Acquire(context.Background(), "ses_y", time.Now().Add(time.Hour)); problem.CodeOf(err) != problem.Unavailable {
+	if _, err := p.Acquire(context.Background(), "t1", "ses_y", time.Now().Add(time.Hour)); problem.CodeOf(err) != problem.Unavailable {
 		t.Fatalf("acquire after Close: %v", err)
 	}
 }
@@ -314,7 +303,7 @@ func TestBrowserBrokenChromium(t *testing.T) {
 	if err := p.Start(context.Background()); problem.CodeOf(err) != problem.Unavailable || !strings.Contains(err.Error(), "broken") {
 		t.Fatalf("Start: %v", err)
 	}
-	if _, err := p.Acquire(context.Background(), "ses_b", time.Now().Add(time.Hour)); problem.CodeOf(err) != problem.Unavailable {
+	if _, err := p.Acquire(context.Background(), "t1", "ses_b", time.Now().Add(time.Hour)); problem.CodeOf(err) != problem.Unavailable {
 		t.Fatalf("Acquire: %v", err)
 	}
 	if s := p.Stats(); s.Live != 0 {
