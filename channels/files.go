@@ -57,6 +57,12 @@ type FilesOptions struct {
 	// otherwise be root's, read-only to the workload). Nil leaves them the
 	// gateway's.
 	Owner *Owner
+	// MinFreeBytes, when positive, is the space uploads leave free on the
+	// file system they write to: a write that would go below it is
+	// refused with 507 resource_exhausted (before it starts when its size
+	// is announced) and its temp file removed (space.go). Zero keeps no
+	// reserve; a full disk still refuses, with the same answer.
+	MinFreeBytes int64
 }
 
 // Owner is a user and group (FilesOptions.Owner).
@@ -395,7 +401,7 @@ func (c *filesConn) data(r io.Reader) error {
 	for {
 		k, rerr := r.Read(c.copyb)
 		if k > 0 {
-			if _, werr := u.Write(c.copyb[:k]); werr != nil {
+			if _, werr := c.opt.writeUpload(u, c.copyb[:k]); werr != nil {
 				c.failUpload(id, u, u.writeError(werr))
 				if _, err := io.Copy(io.Discard, r); err != nil {
 					return filesReadErr(err)
@@ -524,7 +530,7 @@ func (c *filesConn) begin(id uint32, req *filesRequest) {
 		}
 		size = *req.Size
 	}
-	u, perr := beginUpload(c.root, req.Path, size, c.opt.MaxFileSize, req.Mode, c.opt.Owner)
+	u, perr := c.opt.beginUpload(c.root, req.Path, size, req.Mode)
 	if perr != nil {
 		c.markFailed(id)
 		c.replyErr(id, perr, true)

@@ -210,12 +210,12 @@ func (h *filesHTTP) put() error {
 	if fi, err := h.root.Stat(h.name); err == nil && !fi.IsDir() {
 		existed = true
 	}
-	u, perr := beginUpload(h.root, h.path, size, h.opt.MaxFileSize, h.r.URL.Query().Get("mode"), h.opt.Owner)
+	u, perr := h.opt.beginUpload(h.root, h.path, size, h.r.URL.Query().Get("mode"))
 	if perr != nil {
 		return perr
 	}
 	bp := filesBufs.Get().(*[]byte)
-	n, err := io.CopyBuffer(onlyWriter{u}, h.r.Body, (*bp)[:filesChunk])
+	n, err := io.CopyBuffer(onlyWriter{u, &h.opt}, h.r.Body, (*bp)[:filesChunk])
 	filesBufs.Put(bp)
 	if h.opt.OnBytes != nil && n > 0 {
 		h.opt.OnBytes("in", int(n))
@@ -303,10 +303,13 @@ func trimDot(name string) string {
 
 // onlyWriter hides upload's other methods from io.Copy and tells the
 // upload's own failures from the body's.
-type onlyWriter struct{ u *upload }
+type onlyWriter struct {
+	u *upload
+	o *FilesOptions
+}
 
 func (w onlyWriter) Write(p []byte) (int, error) {
-	n, err := w.u.Write(p)
+	n, err := w.o.writeUpload(w.u, p)
 	if err != nil {
 		err = &uploadWriteError{err}
 	}

@@ -61,7 +61,7 @@ var Catalog = []Entry{
 	{SessionNotOpen, http.StatusConflict, "Session not open",
 		"The session is closed or expired, so it cannot be connected to or closed again; `details.state` says which."},
 	{ResourceExhausted, http.StatusTooManyRequests, "Resource exhausted",
-		"A limit was reached (open sessions per tenant, connections per session, browsers, a full disk under the files channel). `Retry-After` says when to try again."},
+		"A limit was reached (open sessions per tenant, connections per session, browsers). `Retry-After` says when to try again. (files channel) An upload that would leave less than `--min-free-bytes` free on the sandbox's file system, or that finds it full, answers HTTP 507 Insufficient Storage with this code and no `Retry-After`; `details.freeBytes` and `details.minFreeBytes` say how far it is."},
 	{PayloadTooLarge, http.StatusRequestEntityTooLarge, "Payload too large",
 		"The request body is over its limit: 1 MiB for JSON bodies; the configured maximum file size (16 GiB by default) for uploads through the files channel."},
 	{HeaderTooLarge, http.StatusRequestHeaderFieldsTooLarge, "Request header too large",
