@@ -44,13 +44,27 @@ func (s *Server) logAudit(ev lease.Event) {
 	s.log.Info("audit", lease.AuditFields(ev)...)
 }
 
-// recordDenied stores and logs the event of a refused change. Failing to
-// store it does not change the answer: the request failed anyway.
-func (s *Server) recordDenied(ctx context.Context, ev *auditEvent) {
+// recordDenied stores and logs the event of a refused request and
+// returns what to answer: cause, or 503 unavailable when the event could
+// not be stored. A refusal that leaves no trace in the audit trail must
+// not pass for an ordinary one (issue 12: with the disk full, denied
+// opens were answered 403 and their events lost); the client may retry,
+// and the loss is logged at error level and counted.
+func (s *Server) recordDenied(ctx context.Context, ev *auditEvent, cause error) error {
 	s.logAudit(ev.Event)
 	if err := s.sessions.AppendAudit(context.WithoutCancel(ctx), ev.Event); err != nil {
-		s.log.Error("audit: storing a denied event failed", zap.String("eventId", ev.ID), zap.Error(err))
+		s.auditFailed(ev.Event, "a denied event", err)
+		return problem.Wrap(problem.Unavailable, err, "the refusal could not be recorded in the audit trail")
 	}
+	return cause
+}
+
+// auditFailed logs, at error level, and counts (by action) an event the
+// store did not take; what names the kind of event for the log.
+func (s *Server) auditFailed(ev lease.Event, what string, err error) {
+	s.metrics.auditFailures.WithLabelValues(string(ev.Action)).Inc()
+	s.log.Error("audit: storing "+what+" failed", zap.String("eventId", ev.ID), zap.String("action", string(ev.Action)),
+		zap.String("outcome", string(ev.Outcome)), zap.String("code", ev.Code), zap.Error(err))
 }
 
 // recordLookup stores the event of a read (get, list, connect URLs) with
@@ -62,6 +76,7 @@ func (s *Server) recordLookup(ctx context.Context, ev *auditEvent, readErr error
 	}
 	s.logAudit(ev.Event)
 	if err := s.sessions.AppendAudit(ctx, ev.Event); err != nil {
+		s.auditFailed(ev.Event, "a lookup event", err)
 		if readErr != nil {
 			return readErr
 		}

@@ -103,8 +103,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, sid string
 	sess, be, adm, err := s.admit(r, claims, ch, handshake, attach)
 	if err != nil {
 		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
-		s.recordDenied(r.Context(), ev)
-		s.writeError(w, r, err)
+		s.writeError(w, r, s.recordDenied(r.Context(), ev, err))
 		return
 	}
 	// The bearer of a connect URL acts for whoever opened the session.
@@ -385,7 +384,7 @@ func (s *Server) keepAlive(ctx context.Context, conn *websocket.Conn, lc *liveCo
 func (s *Server) recordConnect(ev *auditEvent) {
 	s.logAudit(ev.Event)
 	if err := s.sessions.AppendAudit(context.Background(), ev.Event); err != nil {
-		s.log.Error("audit: storing a connect event failed", zap.String("eventId", ev.ID), zap.Error(err))
+		s.auditFailed(ev.Event, "a connect event", err)
 	}
 }
 
@@ -413,7 +412,7 @@ func (s *Server) recordEnd(connectEv *auditEvent, code string) {
 	s.metrics.disconnects.WithLabelValues(ev.Code).Inc()
 	s.logAudit(ev)
 	if err := s.sessions.AppendAudit(context.Background(), ev); err != nil {
-		s.log.Error("audit: storing a disconnect event failed", zap.String("eventId", ev.ID), zap.Error(err))
+		s.auditFailed(ev, "a disconnect event", err)
 	}
 }
 

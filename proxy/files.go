@@ -36,8 +36,9 @@ func (b *filesBackend) release() {}
 // workload runs as owner (nil: as the gateway).
 func (s *Server) filesOptions(owner *targets.Credential) channels.FilesOptions {
 	o := channels.FilesOptions{
-		MaxFileSize: s.maxFileSize,
-		OnBytes:     func(dir string, n int) { s.metrics.bytes.WithLabelValues("files", dir).Add(float64(n)) },
+		MaxFileSize:  s.maxFileSize,
+		MinFreeBytes: s.minFreeBytes,
+		OnBytes:      func(dir string, n int) { s.metrics.bytes.WithLabelValues("files", dir).Add(float64(n)) },
 	}
 	if owner != nil {
 		o.Owner = &channels.Owner{UID: int(owner.UID), GID: int(owner.GID)}
@@ -83,8 +84,7 @@ func (s *Server) serveFilesHTTP(w http.ResponseWriter, r *http.Request, sid, pat
 	sess, be, adm, err := s.admit(r, claims, lease.Files, nil, nil)
 	if err != nil {
 		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
-		s.recordDenied(r.Context(), ev)
-		s.writeError(w, r, err)
+		s.writeError(w, r, s.recordDenied(r.Context(), ev, err))
 		return
 	}
 	defer adm.unregister()

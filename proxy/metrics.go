@@ -23,6 +23,7 @@ type metrics struct {
 	bytes               *prometheus.CounterVec
 	disconnects         *prometheus.CounterVec
 	expiryDisconnectLag prometheus.Histogram
+	auditFailures       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -61,25 +62,40 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "nimbus_expiry_disconnect_lag_seconds", Help: "Delay between a session's expiresAt and the 4408 close of one of its connections.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	})
+	m.auditFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nimbus_audit_write_failures_total", Help: "Audit events the store did not take, by action (each also logged at error level).",
+	}, []string{"action"})
 	reg.MustRegister(m.requests, m.opened, m.openDenied, m.closed, m.openLatency, m.expiryLag,
-		m.conns, m.bytes, m.disconnects, m.expiryDisconnectLag)
+		m.conns, m.bytes, m.disconnects, m.expiryDisconnectLag, m.auditFailures)
 	return m
 }
 
-// openSessionsCollector exports the sessions open now, per tenant (SPEC
-// §6), counted in the store at scrape time: the store is the truth across
-// replicas and expiries, and a scrape every few seconds costs one
-// indexed GROUP BY. A scrape during a store outage omits the series (and
-// logs why) rather than report a wrong zero.
+// openSessionsCollector exports the sessions open now (SPEC §6), counted
+// in the store at scrape time: the store is the truth across replicas and
+// expiries, and a scrape every few seconds costs one indexed GROUP BY. A
+// scrape during a store outage omits the series (and logs why) rather
+// than report a wrong zero. One series per tenant only when byTenant is
+// set: tenant ids are the customers' names, and a scrape needs no token
+// (issue 12).
 type openSessionsCollector struct {
-	store lease.Store
-	now   func() time.Time
-	log   *zap.Logger
+	store    lease.Store
+	now      func() time.Time
+	log      *zap.Logger
+	byTenant bool
 }
 
-var sessionsOpen = prometheus.NewDesc("nimbus_sessions_open", "Sessions open now (counted in the store at scrape time), by tenant.", []string{"tenant"}, nil)
+var (
+	sessionsOpen      = prometheus.NewDesc("nimbus_sessions_open", "Sessions open now (counted in the store at scrape time), by tenant.", []string{"tenant"}, nil)
+	sessionsOpenTotal = prometheus.NewDesc("nimbus_sessions_open", "Sessions open now (counted in the store at scrape time), of every tenant.", nil, nil)
+)
 
-func (c openSessionsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- sessionsOpen }
+func (c openSessionsCollector) Describe(ch chan<- *prometheus.Desc) {
+	if c.byTenant {
+		ch <- sessionsOpen
+	} else {
+		ch <- sessionsOpenTotal
+	}
+}
 
 func (c openSessionsCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -87,6 +103,14 @@ func (c openSessionsCollector) Collect(ch chan<- prometheus.Metric) {
 	counts, err := c.store.OpenByTenant(ctx, c.now())
 	if err != nil {
 		c.log.Warn("metrics: counting open sessions failed", zap.Error(err))
+		return
+	}
+	if !c.byTenant {
+		total := 0
+		for _, n := range counts {
+			total += n
+		}
+		ch <- prometheus.MustNewConstMetric(sessionsOpenTotal, prometheus.GaugeValue, float64(total))
 		return
 	}
 	for tenant, n := range counts {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -87,4 +88,17 @@ var errDraining = problem.New(problem.Unavailable, "the gateway is shutting down
 
 func errStoreDown(err error) error {
 	return problem.Wrap(problem.Unavailable, err, "the store is unavailable")
+}
+
+// errStoreUnwritable is /readyz's answer while the store reads but a
+// write would not commit: details.check is "store_space" when its file
+// system is (nearly) full, else "store_write" (a read-only database, a
+// write that failed).
+func errStoreUnwritable(err error) error {
+	check := "store_write"
+	var pe *problem.Error
+	if errors.As(err, &pe) && pe.Details["check"] == "store_space" {
+		check = "store_space"
+	}
+	return problem.Wrap(problem.Unavailable, err, "the store cannot write").With("check", check)
 }

@@ -34,6 +34,12 @@ type Options struct {
 	// Ping reports whether the store can serve (for /readyz); nil means
 	// always ready.
 	Ping func(context.Context) error
+	// Writable reports whether a write to the store would commit now (for
+	// /readyz, which fails while it does not: issue 12, a full disk
+	// stopped every tenant while /readyz said 200); nil means not
+	// checked. It runs at most once a second, however often /readyz is
+	// asked (store.SQLite.CheckWritable).
+	Writable func(context.Context) error
 
 	// TTL is the session TTL policy: 15 min default, 1 h cap.
 	TTL lease.TTLPolicy
@@ -50,6 +56,10 @@ type Options struct {
 	// MaxFileSize bounds one upload through the files channel; zero means
 	// 16 GiB.
 	MaxFileSize int64
+	// MinFreeBytes is the space uploads through the files channel leave
+	// free on the file system they write to (507 resource_exhausted
+	// beyond; channels.FilesOptions.MinFreeBytes); zero keeps none.
+	MinFreeBytes int64
 	// Stdio tunes the stdio channel's slow-consumer rule (SPEC §5.1):
 	// zero values mean a 1 MiB backlog and a 5 s grace.
 	Stdio channels.StdioOptions
@@ -63,6 +73,16 @@ type Options struct {
 	// backends run here record it as their owner, and other replicas relay
 	// connects to it.
 	PublicURL string
+
+	// MetricsOnAPI serves /metrics on the API handler too. False (the
+	// default) leaves it to MetricsHandler, for a listener of its own:
+	// /metrics needs no token, so anything that reaches the API, a
+	// browser session's pages included, could read it (issue 12).
+	MetricsOnAPI bool
+	// MetricsTenantLabels labels per-tenant series with the tenant id
+	// (nimbus_sessions_open{tenant}). False (the default) exports the
+	// totals only, so that a scrape does not list every tenant.
+	MetricsTenantLabels bool
 
 	// Logger receives request and audit logs; nil discards them.
 	Logger *zap.Logger
@@ -82,6 +102,7 @@ type Server struct {
 	connectKeys *authn.ConnectKeys
 	expirer     *lease.Expirer
 	ping        func(context.Context) error
+	writable    *writeProbe // nil: not checked
 	ttl         lease.TTLPolicy
 	maxOpen     int
 	publicURL   string
@@ -90,6 +111,7 @@ type Server struct {
 	metrics     *metrics
 	now         func() time.Time
 	handler     http.Handler
+	metricsAPI  bool // /metrics on handler too (Options.MetricsOnAPI)
 
 	conns        *registry
 	openCounts   *openCounts
@@ -97,6 +119,7 @@ type Server struct {
 	pingTimeout  time.Duration
 	stdio        channels.StdioOptions
 	maxFileSize  int64
+	minFreeBytes int64
 
 	// beforeCommit, when set by a test, runs between authorization and
 	// commit of an open (SPEC §4.1 step 8's window).
@@ -111,11 +134,12 @@ func New(o Options) *Server {
 		sessions: o.Sessions, catalog: o.Catalog, tenants: o.Tenants, connectKeys: o.ConnectKeys,
 		expirer: o.Expirer, ping: o.Ping, ttl: o.TTL, maxOpen: o.MaxOpenPerTenant,
 		publicURL: strings.TrimRight(o.PublicURL, "/"), log: o.Logger, registry: o.Registry, now: o.Now,
-		browsers: o.Browsers,
+		browsers: o.Browsers, metricsAPI: o.MetricsOnAPI,
 	}
 	s.conns = newRegistry(o.MaxConnsPerSession)
 	s.openCounts = newOpenCounts(o.Sessions, time.Second)
 	s.pingInterval, s.pingTimeout, s.stdio, s.maxFileSize = o.PingInterval, o.PingTimeout, o.Stdio, o.MaxFileSize
+	s.minFreeBytes = o.MinFreeBytes
 	if s.pingInterval == 0 {
 		s.pingInterval = 30 * time.Second
 	}
@@ -134,8 +158,11 @@ func New(o Options) *Server {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	if o.Writable != nil {
+		s.writable = &writeProbe{check: o.Writable, now: s.now}
+	}
 	s.metrics = newMetrics(s.registry)
-	s.registry.MustRegister(openSessionsCollector{store: s.sessions, now: s.now, log: s.log})
+	s.registry.MustRegister(openSessionsCollector{store: s.sessions, now: s.now, log: s.log, byTenant: o.MetricsTenantLabels})
 	s.handler = s.routes()
 	return s
 }
@@ -163,6 +190,24 @@ func (s *Server) HTTPServer(h http.Handler) *http.Server {
 		MaxHeaderBytes:    maxHeaderRead - 4096,
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: zap.NewStdLog(s.log)}
+}
+
+// MetricsHandler serves the Prometheus metrics at GET /metrics, and
+// problem+json 404s elsewhere, for a listener of its own (see
+// Options.MetricsOnAPI).
+func (s *Server) MetricsHandler() http.Handler {
+	r := mux.NewRouter()
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, errNotFoundRoute) })
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", http.MethodGet)
+		s.writeError(w, r, errMethod)
+	})
+	r.Handle("/metrics", s.promHandler()).Methods(http.MethodGet)
+	return s.withRequest(r)
+}
+
+func (s *Server) promHandler() http.Handler {
+	return promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})
 }
 
 // ServeHTTP implements http.Handler.
@@ -207,7 +252,9 @@ func (s *Server) routes() http.Handler {
 	r.HandleFunc("/v1/connect/{session}/{channel}", s.connect).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/healthz", s.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", s.readyz).Methods(http.MethodGet)
-	r.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)
+	if s.metricsAPI {
+		r.Handle("/metrics", s.promHandler()).Methods(http.MethodGet)
+	}
 
 	// Full paths, not a PathPrefix subrouter: gorilla/mux answers a method
 	// mismatch inside a subrouter with 404 instead of 405.
@@ -252,6 +299,15 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		if err := s.ping(ctx); err != nil {
 			s.writeError(w, r, errStoreDown(err))
+			return
+		}
+	}
+	if s.writable != nil {
+		// Not cut short by this caller leaving: the answer is shared.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Second)
+		defer cancel()
+		if err := s.writable.result(ctx); err != nil {
+			s.writeError(w, r, errStoreUnwritable(err))
 			return
 		}
 	}

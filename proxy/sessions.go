@@ -37,8 +37,7 @@ func (s *Server) openSession(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.metrics.openDenied.WithLabelValues(string(problem.CodeOf(err))).Inc()
 		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
-		s.recordDenied(r.Context(), ev)
-		s.writeError(w, r, err)
+		s.writeError(w, r, s.recordDenied(r.Context(), ev, err))
 		return
 	}
 	s.logAudit(ev.withSession(sess))
@@ -249,8 +248,7 @@ func (s *Server) closeSession(w http.ResponseWriter, r *http.Request) {
 	sess, closedNow, err := s.close(w, r, p, ev)
 	if err != nil {
 		ev.Outcome, ev.Code = outcomeOf(err), string(problem.CodeOf(err))
-		s.recordDenied(r.Context(), ev)
-		s.writeError(w, r, err)
+		s.writeError(w, r, s.recordDenied(r.Context(), ev, err))
 		return
 	}
 	s.logAudit(ev.Event)
