@@ -134,8 +134,10 @@ func (s *SQLite) CreateSandbox(ctx context.Context, sb targets.Sandbox) (targets
 	err = s.exec(ctx, func(ctx context.Context, tx *wtx) error {
 		var state string
 		var gen int64
-		err := tx.QueryRowContext(ctx, `SELECT state, generation FROM sandboxes WHERE tenant_id = ? AND id = ?`,
-			sb.TenantID, sb.ID).Scan(&state, &gen)
+		var uid uint32
+		err := tx.QueryRowContext(ctx, `SELECT state, generation, uid FROM sandboxes WHERE tenant_id = ? AND id = ?`,
+			sb.TenantID, sb.ID).Scan(&state, &gen, &uid)
+		sb.UID = uid // a replaced stopped sandbox keeps its id: the upsert leaves it
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			sb.Generation = 1
@@ -146,7 +148,7 @@ func (s *SQLite) CreateSandbox(ctx context.Context, sb targets.Sandbox) (targets
 		default:
 			return problem.New(problem.AlreadyExists, "sandbox %s already exists", sb.ID).With("state", state)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO sandboxes (`+sandboxColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		_, err = tx.ExecContext(ctx, `INSERT INTO sandboxes (`+sandboxColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
 			ON CONFLICT (tenant_id, id) DO UPDATE SET state = excluded.state, generation = excluded.generation,
 				command = excluded.command, tty = excluded.tty, env = excluded.env, root = excluded.root,
 				error = excluded.error, updated_at = excluded.updated_at`,
@@ -176,6 +178,40 @@ func (s *SQLite) SetSandboxState(ctx context.Context, tenantID, id string, state
 		}
 		if err != nil {
 			return storeErr(err, "set sandbox state "+id)
+		}
+		out = sb
+		return nil
+	})
+	if err != nil {
+		return targets.Sandbox{}, err
+	}
+	return out, nil
+}
+
+// SetSandboxUID implements targets.Store. The writer runs one transaction
+// at a time, so the check for another holder and the write are atomic; the
+// unique index backs it.
+func (s *SQLite) SetSandboxUID(ctx context.Context, tenantID, id string, uid uint32) (targets.Sandbox, error) {
+	var out targets.Sandbox
+	err := s.exec(ctx, func(ctx context.Context, tx *wtx) error {
+		if uid != 0 {
+			var holder string
+			err := tx.QueryRowContext(ctx, `SELECT tenant_id || '/' || id FROM sandboxes
+				WHERE uid = ? AND NOT (tenant_id = ? AND id = ?)`, uid, tenantID, id).Scan(&holder)
+			if err == nil {
+				return uidTaken(uid)
+			}
+			if !errors.Is(err, sql.ErrNoRows) {
+				return storeErr(err, "read sandbox uid "+id)
+			}
+		}
+		sb, err := scanSandbox(tx.QueryRowContext(ctx, `UPDATE sandboxes SET uid = ?
+			WHERE tenant_id = ? AND id = ? RETURNING `+sandboxColumns, uid, tenantID, id))
+		if errors.Is(err, sql.ErrNoRows) {
+			return sandboxNotFound(id)
+		}
+		if err != nil {
+			return storeErr(err, "set sandbox uid "+id)
 		}
 		out = sb
 		return nil
@@ -227,7 +263,7 @@ func (s *SQLite) ListSandboxes(ctx context.Context, tenantID string) ([]targets.
 
 const (
 	serviceColumns = `tenant_id, name, kind, sandbox, url, dynamic, generation, updated_at`
-	sandboxColumns = `tenant_id, id, state, generation, command, tty, env, root, error, updated_at`
+	sandboxColumns = `tenant_id, id, state, generation, command, tty, env, root, error, updated_at, uid`
 )
 
 func scanService(row rowScanner) (targets.Service, error) {
@@ -252,7 +288,7 @@ func scanSandbox(row rowScanner) (targets.Sandbox, error) {
 		updatedAt    int64
 	)
 	if err := row.Scan(&sb.TenantID, &sb.ID, &state, &sb.Generation, &command, &sb.TTY, &env,
-		&sb.Root, &sb.Error, &updatedAt); err != nil {
+		&sb.Root, &sb.Error, &updatedAt, &sb.UID); err != nil {
 		return targets.Sandbox{}, err
 	}
 	if err := json.Unmarshal([]byte(command), &sb.Command); err != nil {
@@ -267,4 +303,9 @@ func scanSandbox(row rowScanner) (targets.Sandbox, error) {
 
 func sandboxNotFound(id string) error {
 	return problem.New(problem.NotFound, "sandbox %s not found", id)
+}
+
+// uidTaken is SetSandboxUID's answer when another sandbox holds uid.
+func uidTaken(uid uint32) error {
+	return problem.New(problem.AlreadyExists, "user id %d is another sandbox's", uid)
 }

@@ -241,6 +241,11 @@ CREATE TRIGGER sessions_end AFTER UPDATE OF state ON sessions
 	FOR EACH ROW WHEN (OLD.state = 'open' AND NEW.state <> 'open')
 	EXECUTE FUNCTION nimbus_session_end();
 `,
+	// 3: each sandbox's user id (0: none), unique (see SQLite's migration 3).
+	`
+ALTER TABLE sandboxes ADD COLUMN uid bigint NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX sandboxes_uid ON sandboxes (uid) WHERE uid <> 0;
+`,
 }
 
 // endsChannel is the NOTIFY channel of session ends.

@@ -150,13 +150,14 @@ func serviceKey(tenantID, name string) string { return tenantID + "/" + name }
 // one at its generation plus one, atomically: it returns no row when a live
 // sandbox has the id. Two replicas creating one id at once cannot both
 // succeed: ON CONFLICT waits for the other insert and then sees its row.
+// A replaced stopped sandbox keeps its uid (the update leaves it).
 const pgCreateSandbox = `INSERT INTO sandboxes AS sb (` + sandboxColumns + `)
-	VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9)
+	VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, 0)
 	ON CONFLICT (tenant_id, id) DO UPDATE SET state = excluded.state, generation = sb.generation + 1,
 		command = excluded.command, tty = excluded.tty, env = excluded.env, root = excluded.root,
 		error = excluded.error, updated_at = excluded.updated_at
 	WHERE sb.state = 'stopped'
-	RETURNING generation`
+	RETURNING generation, uid`
 
 // CreateSandbox implements targets.Store. An empty State is stored as
 // pending; UpdatedAt is set to the time of the write.
@@ -177,7 +178,7 @@ func (s *Postgres) CreateSandbox(ctx context.Context, sb targets.Sandbox) (targe
 	}
 	sb.UpdatedAt = lease.Millis(s.now())
 	err = s.pool.QueryRow(ctx, pgCreateSandbox, sb.TenantID, sb.ID, string(sb.State), string(command), sb.TTY,
-		string(env), sb.Root, sb.Error, ms(sb.UpdatedAt)).Scan(&sb.Generation)
+		string(env), sb.Root, sb.Error, ms(sb.UpdatedAt)).Scan(&sb.Generation, &sb.UID)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows) || pgCode(err) == "23505": // unique_violation: a live one exists
 		var state string
@@ -209,6 +210,25 @@ func (s *Postgres) SetSandboxState(ctx context.Context, tenantID, id string, sta
 	}
 	if err != nil {
 		return targets.Sandbox{}, pgErr(err, "set sandbox state "+id)
+	}
+	return sb, nil
+}
+
+// SetSandboxUID implements targets.Store. The unique index decides between
+// replicas racing for one id: the loser gets AlreadyExists.
+func (s *Postgres) SetSandboxUID(ctx context.Context, tenantID, id string, uid uint32) (targets.Sandbox, error) {
+	if s.closed() {
+		return targets.Sandbox{}, errClosed()
+	}
+	sb, err := scanSandbox(s.pool.QueryRow(ctx, `UPDATE sandboxes SET uid = $1
+		WHERE tenant_id = $2 AND id = $3 RETURNING `+sandboxColumns, int64(uid), tenantID, id))
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return targets.Sandbox{}, sandboxNotFound(id)
+	case pgCode(err) == "23505": // unique_violation
+		return targets.Sandbox{}, uidTaken(uid)
+	case err != nil:
+		return targets.Sandbox{}, pgErr(err, "set sandbox uid "+id)
 	}
 	return sb, nil
 }

@@ -299,6 +299,14 @@ CREATE TABLE service_tombstones (
 	PRIMARY KEY (tenant_id, name)
 );
 `,
+	// 3: each sandbox's user id (0: none). It was a hash of the name in
+	// the block, not stored: after a restart a colliding sandbox of another
+	// tenant got the id, and with it the first one's files (issue 12).
+	// Unique, so no two sandboxes ever hold one.
+	`
+ALTER TABLE sandboxes ADD COLUMN uid INTEGER NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX sandboxes_uid ON sandboxes (uid) WHERE uid <> 0;
+`,
 }
 
 // migrate applies the migrations the database does not have yet, all in one

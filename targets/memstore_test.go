@@ -78,13 +78,31 @@ func (m *memStore) CreateSandbox(_ context.Context, sb Sandbox) (Sandbox, error)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := [2]string{sb.TenantID, sb.ID}
-	sb.Generation = 1
+	sb.Generation, sb.UID = 1, 0
 	if old, ok := m.sandboxes[k]; ok {
 		if old.State != Stopped {
 			return Sandbox{}, problem.New(problem.AlreadyExists, "sandbox %q exists", sb.ID)
 		}
-		sb.Generation = old.Generation + 1
+		sb.Generation, sb.UID = old.Generation+1, old.UID
 	}
+	m.sandboxes[k] = sb
+	return sb, nil
+}
+
+func (m *memStore) SetSandboxUID(_ context.Context, tenantID, id string, uid uint32) (Sandbox, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := [2]string{tenantID, id}
+	sb, ok := m.sandboxes[k]
+	if !ok {
+		return Sandbox{}, problem.New(problem.NotFound, "no sandbox %q", id)
+	}
+	for ok, o := range m.sandboxes {
+		if uid != 0 && o.UID == uid && ok != k {
+			return Sandbox{}, problem.New(problem.AlreadyExists, "uid %d is %s's", uid, o.ID)
+		}
+	}
+	sb.UID = uid
 	m.sandboxes[k] = sb
 	return sb, nil
 }

@@ -20,6 +20,13 @@ type Store interface {
 	// CreateSandbox stores a new sandbox at generation 1 (or replaces a
 	// stopped one, at its generation plus one); AlreadyExists otherwise.
 	CreateSandbox(ctx context.Context, sb Sandbox) (Sandbox, error)
+	// SetSandboxUID records the user id of the sandbox's own (Options.UIDs);
+	// 0 gives it up. AlreadyExists when another sandbox holds uid: the store
+	// keeps the ids unique, so no two sandboxes ever share one. NotFound
+	// for an unknown sandbox. CreateSandbox ignores Sandbox.UID: a new
+	// sandbox has none, and one that replaces a stopped sandbox keeps the
+	// stopped one's (the files in its root are still that id's).
+	SetSandboxUID(ctx context.Context, tenantID, id string, uid uint32) (Sandbox, error)
 	// SetSandboxState records a state change and, for failed, why.
 	SetSandboxState(ctx context.Context, tenantID, id string, state SandboxState, reason string) (Sandbox, error)
 	GetSandbox(ctx context.Context, tenantID, id string) (Sandbox, error)

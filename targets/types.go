@@ -80,6 +80,10 @@ type Sandbox struct {
 	// Error says why a failed sandbox failed.
 	Error     string    `json:"error,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
+	// UID is the user id of the sandbox's own from Options.UIDs (0:
+	// none), set only through Store.SetSandboxUID. Stored, not derived,
+	// so it is the same after a restart. Not shown to clients.
+	UID uint32 `json:"-"`
 }
 
 // Offered returns the channels a target of this kind offers (SPEC §2):

@@ -168,3 +168,85 @@ func testSandboxes(t *testing.T, st Stores) {
 	_, err = c.GetSandbox(ctx, "acme", "sbx-1")
 	wantCode(t, err, problem.NotFound)
 }
+
+// testSandboxUIDs: a sandbox's user id is stored, survives a reopen and the
+// replacement of a stopped sandbox, and is never held by two sandboxes, of
+// one tenant or two (issue 12: ids were a hash of the name, not stored, and
+// a collision gave one tenant's files to another after a restart).
+func testSandboxUIDs(t *testing.T, st Stores) {
+	ctx := t.Context()
+	c := st.Catalog
+	for _, s := range []targets.Sandbox{
+		{TenantID: "demo", ID: "a", Command: []string{"sh"}},
+		{TenantID: "demo", ID: "b", Command: []string{"sh"}},
+		{TenantID: "acme", ID: "a", Command: []string{"sh"}},
+	} {
+		// A UID in the request is not stored: only SetSandboxUID gives one.
+		s.UID = 300001
+		if got, err := c.CreateSandbox(ctx, s); err != nil || got.UID != 0 {
+			t.Fatalf("CreateSandbox(%s/%s) = uid %d, %v; want none", s.TenantID, s.ID, got.UID, err)
+		}
+	}
+	got, err := c.SetSandboxUID(ctx, "demo", "a", 300001)
+	if err != nil || got.UID != 300001 || got.ID != "a" || got.Generation != 1 {
+		t.Fatalf("SetSandboxUID(demo/a) = %+v, %v", got, err)
+	}
+	if read, err := c.GetSandbox(ctx, "demo", "a"); err != nil || read.UID != 300001 {
+		t.Fatalf("GetSandbox(demo/a) = uid %d, %v; want 300001", read.UID, err)
+	}
+	if _, err := c.SetSandboxUID(ctx, "demo", "a", 300001); err != nil {
+		t.Fatalf("SetSandboxUID again with its own id: %v", err)
+	}
+	_, err = c.SetSandboxUID(ctx, "demo", "b", 300001)
+	wantCode(t, err, problem.AlreadyExists)
+	_, err = c.SetSandboxUID(ctx, "acme", "a", 300001) // another tenant's sandbox of the same name
+	wantCode(t, err, problem.AlreadyExists)
+	if read, _ := c.GetSandbox(ctx, "acme", "a"); read.UID != 0 {
+		t.Fatalf("a refused SetSandboxUID left uid %d", read.UID)
+	}
+	_, err = c.SetSandboxUID(ctx, "demo", "missing", 300009)
+	wantCode(t, err, problem.NotFound)
+	if _, err := c.SetSandboxUID(ctx, "acme", "a", 300002); err != nil {
+		t.Fatal(err)
+	}
+	all, err := c.ListSandboxes(ctx, "")
+	if err != nil || len(all) != 3 || all[0].UID != 300002 || all[1].UID != 300001 || all[2].UID != 0 {
+		t.Fatalf("ListSandboxes = %+v, %v; want uids 300002, 300001, 0", all, err)
+	}
+
+	// A stopped sandbox re-created keeps its id: its root's files are that
+	// id's.
+	if _, err := c.SetSandboxState(ctx, "demo", "a", targets.Stopped, ""); err != nil {
+		t.Fatal(err)
+	}
+	re, err := c.CreateSandbox(ctx, targets.Sandbox{TenantID: "demo", ID: "a", Command: []string{"true"}})
+	if err != nil || re.UID != 300001 || re.Generation != 2 {
+		t.Fatalf("re-created demo/a = %+v, %v; want uid 300001 at generation 2", re, err)
+	}
+	if read, _ := c.GetSandbox(ctx, "demo", "a"); !reflect.DeepEqual(read, re) {
+		t.Errorf("GetSandbox = %+v, CreateSandbox returned %+v", read, re)
+	}
+
+	// Given up, the id may go to another sandbox; many may hold none.
+	if got, err := c.SetSandboxUID(ctx, "demo", "a", 0); err != nil || got.UID != 0 {
+		t.Fatalf("SetSandboxUID(0) = %+v, %v", got, err)
+	}
+	if _, err := c.SetSandboxUID(ctx, "demo", "b", 300001); err != nil {
+		t.Fatalf("the released id: %v", err)
+	}
+
+	if st.Reopen == nil {
+		return
+	}
+	st = st.Reopen(t)
+	for _, want := range []struct {
+		tenant, id string
+		uid        uint32
+	}{{"demo", "a", 0}, {"demo", "b", 300001}, {"acme", "a", 300002}} {
+		if got, err := st.Catalog.GetSandbox(ctx, want.tenant, want.id); err != nil || got.UID != want.uid {
+			t.Errorf("after reopen %s/%s: uid %d, %v; want %d", want.tenant, want.id, got.UID, err, want.uid)
+		}
+	}
+	_, err = st.Catalog.SetSandboxUID(ctx, "demo", "a", 300002)
+	wantCode(t, err, problem.AlreadyExists)
+}

@@ -46,6 +46,7 @@ func Run(t *testing.T, open func(t *testing.T) Stores) {
 		{"AuditPaging", testAuditPaging},
 		{"Services", testServices},
 		{"Sandboxes", testSandboxes},
+		{"SandboxUIDs", testSandboxUIDs},
 		{"TenantIsolation", testTenantIsolation},
 		{"ConcurrentCreate", testConcurrentCreate},
 		{"Reopen", testReopen},
