@@ -2,9 +2,11 @@ package targets
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,12 +32,14 @@ type Catalog struct {
 	// Static after NewCatalog.
 	store     Store
 	dataDir   string
+	sbDir     string // Options.SandboxDir, absolute
 	log       *zap.Logger
 	now       func() time.Time
 	stopGrace time.Duration
 	wcfg      workloadConfig
 	uids      *uidAllocator // nil unless Options.UIDs
-	claimOnce sync.Once     // claimUIDs
+	runs      *runRecord    // this gateway's workload sessions, for the next one's orphan sweep
+	claimOnce sync.Once     // claim
 
 	watchers sync.WaitGroup // one per registered workload, until its exit is handled
 
@@ -52,6 +56,11 @@ type Options struct {
 	// DataDir holds the sandbox roots, DataDir/sandboxes/<tenant>/<id>; ""
 	// means the current directory. Made absolute by NewCatalog.
 	DataDir string
+	// SandboxDir, if not "", holds the roots of sandboxes created from
+	// now on instead, SandboxDir/<tenant>/<id>: on a file system of its
+	// own, a workload or upload that fills it cannot fill the store's
+	// (issue 12). A sandbox keeps the root it was created with.
+	SandboxDir string
 	// Logger logs workload starts, failures and exits; nil means none.
 	Logger *zap.Logger
 	// Now stamps UpdatedAt; nil means time.Now.
@@ -69,8 +78,20 @@ type Options struct {
 	// signal their processes; UIDs does not.
 	RunAs *Credential
 	// UIDs, if not nil, gives each sandbox a user of its own from this
-	// block (uid = gid), which overrides RunAs.
+	// block (uid = gid), which overrides RunAs. The store records each
+	// sandbox's id (Store.SetSandboxUID).
 	UIDs *UIDRange
+	// NProc, if positive, is the RLIMIT_NPROC of every workload: the most
+	// processes and threads its user may have, beyond which fork and
+	// clone fail with EAGAIN, so a workload cannot use up the host's pids
+	// and with them the gateway's threads (issue 12). The kernel counts
+	// per real user id, so the limit is one sandbox's with UIDs, every
+	// sandbox's together with RunAs, and it is not applied to workloads
+	// running as the gateway's own user (root is exempt; any other user
+	// would count the gateway's own threads). 0 means no limit. The
+	// workload is stopped at its exec (ptrace) until the limit is set, so
+	// no instruction of it runs unlimited.
+	NProc int
 }
 
 // Resolved is what an open's target resolves to (SPEC §4.1 step 4).
@@ -146,43 +167,79 @@ func NewCatalog(store Store, opts Options) *Catalog {
 		dir = abs
 	}
 	c.dataDir = dir
-	c.wcfg = workloadConfig{ringSize: opts.RingSize, log: c.log, runAs: opts.RunAs}
+	c.sbDir = filepath.Join(dir, "sandboxes")
+	if opts.SandboxDir != "" {
+		if abs, err := filepath.Abs(opts.SandboxDir); err == nil {
+			c.sbDir = abs
+		}
+	}
+	c.runs = newRunRecord(dir)
+	c.wcfg = workloadConfig{ringSize: opts.RingSize, log: c.log, runAs: opts.RunAs, runs: c.runs}
+	if opts.NProc > 0 && (opts.UIDs != nil || opts.RunAs != nil) {
+		c.wcfg.nproc = uint64(opts.NProc)
+	}
 	if opts.UIDs != nil {
-		c.uids = &uidAllocator{r: *opts.UIDs, of: map[sandboxKey]uint32{}, holder: map[uint32]sandboxKey{}}
+		c.uids = newUIDAllocator(*opts.UIDs, store, c.sbDir)
 	}
 	return c
 }
 
-// claimUIDs runs once, before the first workload starts (Seed or Start),
-// when sandboxes get ids from a block: whatever still runs under the
-// block's ids — workloads of a gateway that died, or children that
-// escaped their sandbox's process group — is killed, and every sandbox
-// root is closed until its sandbox has its id again, since ids are
-// handed out afresh. The block must be this gateway's alone.
+// claim runs once, before the first workload starts (Seed, Start or
+// CreateSandbox, whichever comes first): the workload processes of a
+// gateway that died on this data directory are killed (killOrphans), then
+// the block of ids is claimed (claimUIDs).
+func (c *Catalog) claim(ctx context.Context) error {
+	var err error
+	c.claimOnce.Do(func() {
+		// Workloads' descendants left by a gateway that died (Pdeathsig only
+		// reaches its direct children) must not run beside the new workloads.
+		if n := killOrphans(c.dataDir); n > 0 {
+			c.log.Warn("killed workload processes left by a gateway that died", zap.Int("count", n))
+		}
+		err = c.claimUIDs(ctx)
+	})
+	return err
+}
+
+// claimUIDs runs in claim when sandboxes get ids from a block: whatever
+// still runs under the block's ids — workloads of a gateway that died, or
+// children that escaped their sandbox's process group and session; no
+// workload can change its uid — is killed, the ids the store records are
+// loaded (a root that belongs to a block id and whose sandbox has none
+// recorded, from a gateway that did not store ids, keeps it), and every
+// sandbox root is closed until its workload starts again. The block must
+// be this gateway's alone.
 func (c *Catalog) claimUIDs(ctx context.Context) error {
 	if c.uids == nil {
 		return nil
 	}
-	var err error
-	c.claimOnce.Do(func() {
-		r := c.uids.r
-		if n := killUsers(func(uid uint32) bool { return uid >= r.First && uid <= r.Last }); n > 0 {
-			c.log.Warn("killed processes left running under the sandbox user ids", zap.Int("count", n))
+	r := c.uids.r
+	inBlock := func(uid uint32) bool { return uid >= r.First && uid <= r.Last }
+	if n := killUsers(inBlock); n > 0 {
+		c.log.Warn("killed processes left running under the sandbox user ids", zap.Int("count", n))
+		waitReaped(inBlock) // the sandboxes restart with their ids at once
+	}
+	sbs, err := c.store.ListSandboxes(ctx, "")
+	if err != nil {
+		return err
+	}
+	c.uids.load(sbs)
+	for _, sb := range sbs {
+		if sb.Root == "" {
+			sb.Root = c.root(sb.TenantID, sb.ID)
 		}
-		var sbs []Sandbox
-		if sbs, err = c.store.ListSandboxes(ctx, ""); err != nil {
-			return
-		}
-		for _, sb := range sbs {
-			if sb.Root == "" {
-				sb.Root = c.root(sb.TenantID, sb.ID)
+		if fi, err := os.Lstat(sb.Root); err == nil && fi.IsDir() && (sb.UID < r.First || sb.UID > r.Last) {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				if err := c.uids.adopt(ctx, sandboxKey{sb.TenantID, sb.ID}, st.Uid); err != nil {
+					c.log.Warn("cannot record a sandbox's user id", zap.String("tenant", sb.TenantID), zap.String("sandbox", sb.ID), zap.Error(err))
+				}
 			}
-			if lerr := lockRoot(sb.Root); lerr != nil {
-				c.log.Warn("cannot close a sandbox root", zap.String("root", sb.Root), zap.Error(lerr))
-			}
 		}
-	})
-	return err
+		if lerr := lockRoot(sb.Root); lerr != nil {
+			c.log.Warn("cannot close a sandbox root", zap.String("root", sb.Root), zap.Error(lerr))
+		}
+	}
+	return nil
 }
 
 // RunAs is the user the workload of a sandbox runs as, nil for the
@@ -207,7 +264,7 @@ func (c *Catalog) Seed(ctx context.Context, cfg *Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if err := c.claimUIDs(ctx); err != nil {
+	if err := c.claim(ctx); err != nil {
 		return err
 	}
 	for _, t := range cfg.Tenants {
@@ -244,12 +301,7 @@ func (c *Catalog) Seed(ctx context.Context, cfg *Config) error {
 // reason. It returns an error only when the store cannot be read or
 // written.
 func (c *Catalog) Start(ctx context.Context) error {
-	// Workloads' descendants left by a gateway that died (Pdeathsig only
-	// reaches its direct children) must not run beside the new workloads.
-	if n := killOrphans(filepath.Join(c.dataDir, "sandboxes")); n > 0 {
-		c.log.Warn("killed workload processes left by a gateway that died", zap.Int("count", n))
-	}
-	if err := c.claimUIDs(ctx); err != nil {
+	if err := c.claim(ctx); err != nil {
 		return err
 	}
 	sbs, err := c.store.ListSandboxes(ctx, "")
@@ -310,6 +362,9 @@ func (c *Catalog) Close() {
 	}
 	wg.Wait()
 	c.watchers.Wait()
+	// The run's record stays: a child that left its workload's session
+	// (setsid) outlives Stop, and the next gateway's sweep finds it by
+	// this run's environment mark.
 }
 
 // Resolve resolves an open's target for tenantID (SPEC §4.1 step 4):
@@ -388,7 +443,7 @@ func (c *Catalog) Workload(tenantID, id string) (*Workload, bool) {
 
 // root is the sandbox's file root.
 func (c *Catalog) root(tenantID, id string) string {
-	return filepath.Join(c.dataDir, "sandboxes", tenantID, id)
+	return filepath.Join(c.sbDir, tenantID, id)
 }
 
 // lock takes the lifecycle lock of sandbox k; call the result to release.

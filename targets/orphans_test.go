@@ -1,7 +1,8 @@
 package targets
 
 import (
-	"bytes"
+	"bufio"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,55 +12,123 @@ import (
 	"time"
 )
 
-// TestKillOrphans: a process under the sandboxes root whose gateway mark
-// names a dead gateway is killed; one of a live gateway (this one) and one
-// outside the root are not.
+// TestKillOrphans: the workload processes of a gateway that died are
+// killed, although that gateway is still a zombie with its pid and start
+// time (a restart within that window used to spare them all), and
+// whichever mark a process dropped: a child that ran `cd /` (the sweep
+// used to look only under the sandboxes directory), one without the
+// environment mark (found by its session), one that left the session
+// with setsid (found by the mark). A live gateway's workload, a process
+// of no recorded session, and the records of another boot are left alone
+// (the last are removed).
 func TestKillOrphans(t *testing.T) {
-	root := t.TempDir()
-	dir := filepath.Join(root, "demo", "sbx")
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	spawn := func(cwd, mark string) *exec.Cmd {
-		cmd := exec.Command("sleep", "60")
-		cmd.Dir = cwd
-		cmd.Env = []string{"PATH=" + defaultPath, gatewayEnv + "=" + mark}
+	t.Parallel()
+	dataDir := t.TempDir()
+	spawn := func(stdout io.Writer, env []string, argv ...string) *exec.Cmd {
+		t.Helper()
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = append([]string{"PATH=" + defaultPath}, env...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		cmd.Dir, cmd.Stdout = t.TempDir(), stdout
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		return cmd
 	}
-	orphan := spawn(dir, "999999999:12345")          // a gateway pid that cannot exist
-	reused := spawn(dir, "1:0")                      // pid 1 is alive, but started at another time
-	mine := spawn(dir, selfMark)                     // this (live) gateway's
-	outside := spawn(t.TempDir(), "999999999:12345") // not under the root
-	// Until a child has exec'd, /proc shows the test's environment, not
-	// the child's mark.
-	for _, c := range []*exec.Cmd{orphan, reused, mine, outside} {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			env, _ := os.ReadFile("/proc/" + strconv.Itoa(c.Process.Pid) + "/environ")
-			if bytes.Contains(env, []byte(gatewayEnv+"=")) {
+	record := func(gateway, leader int) {
+		t.Helper()
+		dir := filepath.Join(dataDir, runsDir, bootID, strconv.Itoa(gateway)+"-"+startTime(gateway))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		name := strconv.Itoa(leader) + "-" + startTime(leader) + "-" + strconv.Itoa(os.Getuid())
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The dead gateway: SIGKILLed, not reaped, so a zombie.
+	gw := spawn(nil, nil, "sleep", "60")
+	mark := gatewayEnv + "=" + strconv.Itoa(gw.Process.Pid) + ":" + startTime(gw.Process.Pid)
+	if err := gw.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; alive(gw.Process.Pid); i++ {
+		if i > 2000 {
+			t.Fatal("the stand-in gateway did not die")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Its workload, leader of its session, left three children.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := spawn(pw, []string{mark}, "/bin/sh", "-c",
+		`(cd / && exec sleep 60) >/dev/null & echo $!; `+
+			`env -u `+gatewayEnv+` sleep 60 >/dev/null & echo $!; `+
+			`setsid sleep 60 >/dev/null & echo $!; exec sleep 60 >/dev/null`)
+	pw.Close()
+	record(gw.Process.Pid, leader.Process.Pid)
+	var kids []int
+	sc := bufio.NewScanner(pr)
+	for len(kids) < 3 && sc.Scan() {
+		pid, err := strconv.Atoi(sc.Text())
+		if err != nil {
+			t.Fatalf("workload printed %q", sc.Text())
+		}
+		kids = append(kids, pid)
+	}
+	pr.Close()
+	if len(kids) != 3 {
+		t.Fatalf("children of the workload: %v", kids)
+	}
+	t.Cleanup(func() {
+		for _, pid := range kids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	// Its leader died with the gateway (Pdeathsig).
+	if err := leader.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = leader.Wait()
+
+	// A live gateway's workload (this process's own run) and a process no
+	// gateway recorded.
+	mine := spawn(nil, []string{gatewayEnv + "=" + selfMark}, "sleep", "60")
+	record(os.Getpid(), mine.Process.Pid)
+	stranger := spawn(nil, nil, "sleep", "60")
+	otherBoot := filepath.Join(dataDir, runsDir, "another-boot", "1-1")
+	if err := os.MkdirAll(otherBoot, 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	if n := killOrphans(dataDir); n < 3 {
+		t.Errorf("killed %d processes, want at least the 3 orphans", n)
+	}
+	for i, pid := range kids {
+		for j := 0; alive(pid); j++ {
+			if j > 400 {
+				t.Errorf("orphan %d (%d) survived the sweep", i, pid)
 				break
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("process %d has not exec'd after 5 s", c.Process.Pid)
-			}
-			time.Sleep(time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	if n := killOrphans(root); n != 2 {
-		t.Fatalf("killed %d processes, want 2", n)
-	}
-	for _, c := range []*exec.Cmd{orphan, reused} {
-		if err := c.Wait(); err == nil {
-			t.Errorf("orphan %d survived", c.Process.Pid)
+	for _, c := range []*exec.Cmd{mine, stranger} {
+		if !alive(c.Process.Pid) {
+			t.Errorf("process %d was killed", c.Process.Pid)
 		}
 	}
-	for _, c := range []*exec.Cmd{mine, outside} {
-		if err := c.Process.Signal(syscall.Signal(0)); err != nil {
-			t.Errorf("process %d was killed: %v", c.Process.Pid, err)
-		}
+	if _, err := os.Stat(filepath.Join(dataDir, runsDir, bootID, strconv.Itoa(gw.Process.Pid)+"-"+startTime(gw.Process.Pid))); err == nil {
+		t.Error("the dead gateway's record is still there")
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, runsDir, bootID, strconv.Itoa(os.Getpid())+"-"+startTime(os.Getpid()))); err != nil {
+		t.Errorf("the live gateway's record: %v", err)
+	}
+	if _, err := os.Stat(otherBoot); err == nil {
+		t.Error("another boot's records were kept")
 	}
 }

@@ -1,7 +1,6 @@
 package targets
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -9,12 +8,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/creack/pty"
+	"github.com/prometheus/procfs"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -50,15 +49,17 @@ type workloadConfig struct {
 	drain    time.Duration // default defaultDrain
 	log      *zap.Logger   // nil = nop
 	runAs    *Credential   // nil = the gateway's user
+	nproc    uint64        // RLIMIT_NPROC (Options.NProc), 0 = none
+	runs     *runRecord    // where the workload's session is recorded; nil = nowhere
 }
 
 // startWorkload starts sb.Command in sb.Root and returns once the process
 // runs (or failed to start: command not found, not executable, root
 // missing). The process gets a minimal environment (PATH, HOME = the root,
-// LANG, TERM for a PTY) plus sb.Env, later entries winning; its own process
-// group (pipes) or session with the PTY as controlling terminal (tty); and
-// SIGKILL as parent-death signal, so it dies with the gateway, even one
-// that is SIGKILLed.
+// LANG, TERM for a PTY) plus sb.Env, later entries winning; its own
+// session (and process group), with the PTY as controlling terminal for
+// tty; SIGKILL as parent-death signal, so it dies with the gateway, even
+// one that is SIGKILLed; and cfg.nproc as RLIMIT_NPROC.
 func startWorkload(sb Sandbox, cfg workloadConfig) (*Workload, error) {
 	if len(sb.Command) == 0 || sb.Command[0] == "" {
 		return nil, errors.New("no command")
@@ -77,17 +78,23 @@ func startWorkload(sb Sandbox, cfg workloadConfig) (*Workload, error) {
 	if err != nil {
 		return nil, err
 	}
+	attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: cfg.runAs.sysProcCredential()}
+	// os/exec cannot set a child's rlimits, and prlimit after Start would
+	// race the workload's first forks, whose children would keep no limit
+	// for good: the child stops at its exec instead, until run has set the
+	// limit (limitAtExec).
+	attr.Ptrace = cfg.nproc > 0
 	cmd := &exec.Cmd{
 		Path:        path,
 		Args:        sb.Command,
 		Env:         env,
 		Dir:         sb.Root,
-		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: cfg.runAs.sysProcCredential()},
+		SysProcAttr: attr,
 	}
 	w := &Workload{tty: sb.TTY, drain: cfg.drain, log: cfg.log, done: make(chan struct{})}
 	w.hub.ring.size = cfg.ringSize
 	started := make(chan error, 1)
-	go w.run(cmd, started)
+	go w.run(cmd, cfg, started)
 	if err := <-started; err != nil {
 		return nil, err
 	}
@@ -102,12 +109,48 @@ func startWorkload(sb Sandbox, cfg workloadConfig) (*Workload, error) {
 // to it. A locked thread runs nothing else, so it lives exactly as long as
 // this goroutine, which ends only after the child was reaped. The cost is
 // one OS thread per workload, which the blocking wait would take anyway.
-func (w *Workload) run(cmd *exec.Cmd, started chan<- error) {
+// The same thread is the tracer that limitAtExec must detach from.
+func (w *Workload) run(cmd *exec.Cmd, cfg workloadConfig, started chan<- error) {
 	runtime.LockOSThread()
+	unlock := runtime.UnlockOSThread
 	if err := w.start(cmd); err != nil {
-		runtime.UnlockOSThread()
+		unlock()
+		if cmd.SysProcAttr.Ptrace && errors.Is(err, syscall.EPERM) {
+			err = fmt.Errorf("%w (to set RLIMIT_NPROC the workload is stopped at its exec with ptrace, which this host may forbid)", err)
+		}
 		started <- err
 		return
+	}
+	// Recorded before the workload runs (with a limit to set, it waits at
+	// its exec), so a gateway dying from here on leaves the next one a
+	// record of its session (orphans.go).
+	uid := uint32(os.Getuid())
+	if cfg.runAs != nil {
+		uid = cfg.runAs.UID
+	}
+	unrecord, err := cfg.runs.add(w.pid, uid)
+	if err != nil {
+		w.log.Warn("cannot record the workload's session for the orphan sweep", zap.Int("pid", w.pid), zap.Error(err))
+	}
+	if cmd.SysProcAttr.Ptrace {
+		threadOK, err := limitAtExec(w.pid, cfg.nproc, cfg.runAs)
+		if !threadOK {
+			// Never handed back: the goroutine ends locked, and the
+			// runtime ends the thread with it.
+			unlock = func() {}
+		}
+		if err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			unlock()
+			unrecord()
+			_ = w.stdin.Close() // on a PTY also the only output
+			if !w.tty {
+				closeAll(w.outs)
+			}
+			started <- fmt.Errorf("set the workload's RLIMIT_NPROC: %w", err)
+			return
+		}
 	}
 	w.readers.Add(len(w.outs))
 	for i, f := range w.outs {
@@ -129,7 +172,8 @@ func (w *Workload) run(cmd *exec.Cmd, started chan<- error) {
 	w.killAllLocked(syscall.SIGKILL)
 	w.mu.Unlock()
 	waitErr := cmd.Wait()
-	runtime.UnlockOSThread() // reaped: the parent-death signal is moot
+	unlock()   // reaped: the parent-death signal is moot
+	unrecord() // its session swept
 	st := exitStatus(cmd.ProcessState)
 	if cmd.ProcessState == nil {
 		w.log.Warn("wait failed", zap.Int("pid", w.pid), zap.Error(waitErr))
@@ -165,8 +209,12 @@ func (w *Workload) start(cmd *exec.Cmd) error {
 		w.pid, w.stdin, w.outs = cmd.Process.Pid, master, []*os.File{master}
 		return nil
 	}
-	cmd.SysProcAttr.Setpgid = true // signals go to the group: the workload and its children
-	var files [6]*os.File          // inR, inW, outR, outW, errR, errW
+	// A session of its own, not only a group: no terminal of the
+	// gateway's to reach, and the session id, which its descendants keep
+	// when they change groups, finds them at its exit and after the
+	// gateway's death (orphans.go). Signals still go to the group.
+	cmd.SysProcAttr.Setsid = true
+	var files [6]*os.File // inR, inW, outR, outW, errR, errW
 	for i := 0; i < len(files); i += 2 {
 		r, wr, err := os.Pipe()
 		if err != nil {
@@ -186,6 +234,65 @@ func (w *Workload) start(cmd *exec.Cmd) error {
 	}
 	w.pid, w.stdin, w.outs = cmd.Process.Pid, files[1], []*os.File{files[2], files[4]}
 	return nil
+}
+
+// limitAtExec sets the RLIMIT_NPROC of a child started with
+// PTRACE_TRACEME, which the kernel stops with SIGTRAP once its execve has
+// succeeded, before the new program runs an instruction; then it detaches
+// and lets the child go on, the SIGTRAP suppressed. It must run on the
+// locked thread that started the child (its tracer). The limit is set as
+// soft and hard, so the workload cannot raise it. threadOK is false in
+// the unlikely case that the thread could not take its own ids back
+// (asRealIDs); it must then never run anything else.
+func limitAtExec(pid int, nproc uint64, cred *Credential) (threadOK bool, err error) {
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pid, &ws, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return true, err
+		}
+		break
+	}
+	if !ws.Stopped() {
+		return true, fmt.Errorf("the workload did not stop at its exec (wait status %#x)", uint32(ws))
+	}
+	threadOK, err = asRealIDs(cred, func() error {
+		return unix.Prlimit(pid, unix.RLIMIT_NPROC, &unix.Rlimit{Cur: nproc, Max: nproc}, nil)
+	})
+	if derr := unix.PtraceDetach(pid); err == nil {
+		err = derr
+	}
+	return threadOK, err
+}
+
+// asRealIDs runs fn on this (locked) thread with cred's uid and gid as its
+// real ids. prlimit(2) on another user's process needs CAP_SYS_RESOURCE,
+// which containers often lack (Docker's default set has none), or a
+// caller whose real ids are the target's. Linux credentials are per
+// thread, and the raw setresuid/setresgid calls (32-bit ids on 64-bit
+// Linux), unlike syscall.Setresuid, change only this one; effective and
+// saved ids stay root, so capabilities stay and the ids can be switched
+// back. threadOK is false if they could not be.
+func asRealIDs(cred *Credential, fn func() error) (threadOK bool, err error) {
+	if cred == nil {
+		return true, fn()
+	}
+	const keep = ^uintptr(0) // -1: leave that id as it is
+	uid, gid := uintptr(unix.Getuid()), uintptr(unix.Getgid())
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(cred.GID), keep, keep); e != 0 {
+		return true, e
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(cred.UID), keep, keep); e != 0 {
+		_, _, e2 := unix.RawSyscall(unix.SYS_SETRESGID, gid, keep, keep)
+		return e2 == 0, e
+	}
+	err = fn()
+	_, _, e1 := unix.RawSyscall(unix.SYS_SETRESUID, uid, keep, keep)
+	_, _, e2 := unix.RawSyscall(unix.SYS_SETRESGID, gid, keep, keep)
+	return e1 == 0 && e2 == 0, err
 }
 
 // growPipe asks for a pipeSize buffer on an output pipe: with the default
@@ -310,32 +417,19 @@ func lookPath(name string, env []string, root string) (string, error) {
 	return "", fmt.Errorf("%s: %w", name, exec.ErrNotFound)
 }
 
-// sessionMembers lists, from /proc, the processes of session sid other than
-// its leader.
+// sessionMembers lists the processes of session sid other than its leader.
 func sessionMembers(sid int) []int {
-	ents, err := os.ReadDir("/proc")
+	procs, err := procfs.AllProcs()
 	if err != nil {
 		return nil
 	}
-	want := strconv.Itoa(sid)
 	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == sid {
+	for _, p := range procs {
+		if p.PID == sid {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// "pid (comm) state ppid pgrp session …"; comm may hold anything,
-		// so parse after its last ')'.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		if f := strings.Fields(string(b[i+1:])); len(f) > 3 && f[3] == want {
-			pids = append(pids, pid)
+		if st, err := p.Stat(); err == nil && st.Session == sid {
+			pids = append(pids, p.PID)
 		}
 	}
 	return pids

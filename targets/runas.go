@@ -1,17 +1,20 @@
 package targets
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
+
+	"github.com/nimbus/gateway/problem"
 )
 
 // Credential is the user and group workloads run as (Options.RunAs).
@@ -42,35 +45,105 @@ type UIDRange struct {
 	First, Last uint32
 }
 
-// uidAllocator hands out a UIDRange's ids, one per sandbox, for as long as
-// the sandbox exists. A sandbox's id is its name's hash in the block, or
-// the next free one, so it is usually the same after a restart. Safe for
-// concurrent use.
+// uidAllocator hands out a UIDRange's ids, one per sandbox, and records
+// each with its sandbox in the store (Store.SetSandboxUID), so a sandbox
+// has the same id after a restart and the store's unique index keeps two
+// sandboxes from ever holding one. Issue 12: the id used to be the hash of
+// the sandbox's name in the block, worked out again at every start; a
+// tenant admin named a sandbox to collide with another tenant's, and after
+// a restart it ran as that tenant's id and read its 0600 files.
+//
+// An id no sandbox holds goes to a new sandbox only if nothing still owns
+// it: no process runs under it (one that escaped a deleted sandbox, or
+// anyone else's) and no sandbox root belongs to it (a root the store lost
+// track of, or one a failed delete could not take back). The search starts
+// after the last id given out, so a released id is the last to come round
+// again: files its old sandbox left outside its root (/tmp) are not looked
+// for. Safe for concurrent use.
 type uidAllocator struct {
-	r      UIDRange
-	mu     sync.Mutex
-	of     map[sandboxKey]uint32 // guarded by mu
-	holder map[uint32]sandboxKey // guarded by mu
+	// Static after construction.
+	r     UIDRange
+	store Store
+	roots string // where new sandbox roots go; older ones may be elsewhere (the store knows)
+
+	mu sync.Mutex
+	// Guarded by mu; store writes happen under it, so two acquisitions
+	// never pick the same id.
+	of     map[sandboxKey]uint32
+	holder map[uint32]sandboxKey
+	next   uint32 // where the next search starts
 }
 
-func (a *uidAllocator) acquire(k sandboxKey) (uint32, error) {
+func newUIDAllocator(r UIDRange, store Store, roots string) *uidAllocator {
+	return &uidAllocator{r: r, store: store, roots: roots, of: map[sandboxKey]uint32{}, holder: map[uint32]sandboxKey{}, next: r.First}
+}
+
+// load takes the ids the store gives sandboxes (at start, before any
+// workload runs). An id outside the block (the block changed) is not
+// this gateway's to manage: its sandbox gets a new one when it starts.
+func (a *uidAllocator) load(sbs []Sandbox) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	highest, found := a.r.First, false
+	for _, sb := range sbs {
+		if sb.UID < a.r.First || sb.UID > a.r.Last {
+			continue
+		}
+		k := sandboxKey{sb.TenantID, sb.ID}
+		a.of[k], a.holder[sb.UID] = sb.UID, k
+		highest, found = max(highest, sb.UID), true
+	}
+	if found {
+		a.next = a.after(highest) // the search goes on after the ids in use
+	}
+}
+
+// adopt gives k the id that owns its root, when the store has none for
+// it and no other sandbox holds that id: a database of a gateway that
+// did not store ids, whose roots are each their sandbox's already.
+func (a *uidAllocator) adopt(ctx context.Context, k sandboxKey, uid uint32) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.of[k]; ok || uid < a.r.First || uid > a.r.Last {
+		return nil
+	}
+	if _, held := a.holder[uid]; held {
+		return nil
+	}
+	return a.takeLocked(ctx, k, uid)
+}
+
+// acquire returns k's id, giving it one (recorded in the store) if it has
+// none; root is k's own root, whose owner does not count against an id.
+func (a *uidAllocator) acquire(ctx context.Context, k sandboxKey, root string) (uint32, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if uid, ok := a.of[k]; ok {
 		return uid, nil
 	}
+	busy := processUIDs(a.r)
+	owned, err := a.rootOwners(ctx, root)
+	if err != nil {
+		return 0, err
+	}
 	n := uint64(a.r.Last) - uint64(a.r.First) + 1
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(k.tenantID + "/" + k.id))
-	start := h.Sum64() % n
+	start := uint64(a.next - a.r.First)
 	for i := range n {
 		uid := a.r.First + uint32((start+i)%n)
-		if _, taken := a.holder[uid]; !taken {
-			a.of[k], a.holder[uid] = uid, k
-			return uid, nil
+		if _, held := a.holder[uid]; held || busy[uid] || owned[uid] {
+			continue
 		}
+		err := a.takeLocked(ctx, k, uid)
+		if problem.CodeOf(err) == problem.AlreadyExists {
+			continue // a sandbox this gateway does not run holds it in a shared store
+		}
+		if err != nil {
+			return 0, fmt.Errorf("record the sandbox's user id: %w", err)
+		}
+		return uid, nil
 	}
-	return 0, fmt.Errorf("no free user id in %d-%d for another sandbox", a.r.First, a.r.Last)
+	return 0, fmt.Errorf("no free user id in %d-%d for another sandbox (ids with processes: %d, owning a root: %d)",
+		a.r.First, a.r.Last, len(busy), len(owned))
 }
 
 func (a *uidAllocator) lookup(k sandboxKey) (uint32, bool) {
@@ -80,13 +153,77 @@ func (a *uidAllocator) lookup(k sandboxKey) (uint32, bool) {
 	return uid, ok
 }
 
-func (a *uidAllocator) release(k sandboxKey) {
+// release gives k's id up, in the store first: if that fails, the id
+// stays k's.
+func (a *uidAllocator) release(ctx context.Context, k sandboxKey) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if uid, ok := a.of[k]; ok {
-		delete(a.of, k)
-		delete(a.holder, uid)
+	uid, ok := a.of[k]
+	if !ok {
+		return nil
 	}
+	if _, err := a.store.SetSandboxUID(ctx, k.tenantID, k.id, 0); err != nil {
+		return err
+	}
+	delete(a.of, k)
+	delete(a.holder, uid)
+	return nil
+}
+
+func (a *uidAllocator) takeLocked(ctx context.Context, k sandboxKey, uid uint32) error {
+	if _, err := a.store.SetSandboxUID(ctx, k.tenantID, k.id, uid); err != nil {
+		return err
+	}
+	a.of[k], a.holder[uid] = uid, k
+	a.next = a.after(uid)
+	return nil
+}
+
+// after is the id after uid in the block, wrapping round.
+func (a *uidAllocator) after(uid uint32) uint32 {
+	if uid >= a.r.Last {
+		return a.r.First
+	}
+	return uid + 1
+}
+
+// rootOwners is the set of the block's ids owning a sandbox root, except,
+// the caller's own: every root the store records, wherever it is, and
+// every <tenant>/<id> under a.roots, which the store may have lost track
+// of. Two directory levels, no walk into a root.
+func (a *uidAllocator) rootOwners(ctx context.Context, except string) (map[uint32]bool, error) {
+	sbs, err := a.store.ListSandboxes(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("list the sandboxes' roots: %w", err)
+	}
+	paths := make([]string, 0, len(sbs))
+	for _, sb := range sbs {
+		if sb.Root != "" {
+			paths = append(paths, sb.Root)
+		}
+	}
+	tenants, _ := os.ReadDir(a.roots)
+	for _, t := range tenants {
+		dir := filepath.Join(a.roots, t.Name())
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			paths = append(paths, filepath.Join(dir, e.Name()))
+		}
+	}
+	out := map[uint32]bool{}
+	for _, p := range paths {
+		if filepath.Clean(p) == filepath.Clean(except) {
+			continue
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid >= a.r.First && st.Uid <= a.r.Last {
+			out[st.Uid] = true
+		}
+	}
+	return out, nil
 }
 
 // lockRoot gives a sandbox root back to the gateway, closed to everyone
@@ -104,7 +241,8 @@ func lockRoot(root string) error {
 // prepareRoot creates a sandbox root. With a run-as user the root
 // directory is handed to it (not the tree: a walk could be steered by a
 // workload swapping a directory for a symlink mid-walk; a sandbox keeps
-// its id across restarts, so its tree is normally its own already), the
+// its id across restarts, recorded in the store, so its tree is normally
+// its own already), the
 // directories the gateway creates above it are made traversable (0711:
 // others may pass, not list), and every directory from / down is checked
 // to let that user through, so a data directory under, say, a 0700 home
@@ -135,17 +273,34 @@ func prepareRoot(root string, runAs *Credential) error {
 	return CheckReach(filepath.Dir(root), *runAs)
 }
 
-// killUsers SIGKILLs every process whose real or effective user id
-// matches, until none is left (a process may fork while it is being
-// killed) or two seconds have passed; it returns how many it killed. A
-// sandbox's id is taken back this way before it can go to another
-// sandbox: stopping a workload reaches its process group and session,
-// not a child that escaped both.
+// killUsers SIGKILLs every process any of whose user ids matches, until
+// none is left (a process may fork while it is being killed) or two
+// seconds have passed; it returns how many it killed. A sandbox's id is
+// taken back this way before it can go to another sandbox: stopping a
+// workload reaches its process group and session, not a child that
+// escaped both.
 func killUsers(match func(uid uint32) bool) int {
+	return killUntilGone(func() []int { return userProcesses(match) })
+}
+
+// waitReaped waits, two seconds at most, until no zombie matches either:
+// the killed stay zombies until their parent (init, mostly) reaps them,
+// and a zombie still counts against its user's RLIMIT_NPROC, which the
+// id's next workload would start with.
+func waitReaped(match func(uid uint32) bool) {
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && len(userTasks(match)) > 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// killUntilGone SIGKILLs the processes list returns until it returns none
+// or two seconds have passed, and returns how many it killed.
+func killUntilGone(list func() []int) int {
 	killed := 0
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		pids := userProcesses(match)
+		pids := list()
 		if len(pids) == 0 || time.Now().After(deadline) {
 			return killed
 		}
@@ -158,46 +313,67 @@ func killUsers(match func(uid uint32) bool) int {
 	}
 }
 
-// userProcesses lists the live processes whose real or effective uid
-// matches (zombies excluded: they hold nothing).
+// userProcesses lists the live processes any of whose user ids (real,
+// effective, saved, filesystem: a process may switch back to its saved
+// id) matches.
 func userProcesses(match func(uid uint32) bool) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
+	return matchProcesses(false, match)
+}
+
+// userTasks is userProcesses with the zombies.
+func userTasks(match func(uid uint32) bool) []int {
+	return matchProcesses(true, match)
+}
+
+func matchProcesses(zombies bool, match func(uid uint32) bool) []int {
 	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+	eachProcess(zombies, func(pid int, uids [4]uint64) {
+		for _, u := range uids {
+			if u <= math.MaxUint32 && match(uint32(u)) {
+				pids = append(pids, pid)
+				return
+			}
+		}
+	})
+	return pids
+}
+
+// processUIDs is the set of ids of r that a process has as one of its
+// user ids, zombies included: they count against the id's RLIMIT_NPROC.
+func processUIDs(r UIDRange) map[uint32]bool {
+	out := map[uint32]bool{}
+	eachProcess(true, func(_ int, uids [4]uint64) {
+		for _, u := range uids {
+			if u >= uint64(r.First) && u <= uint64(r.Last) {
+				out[uint32(u)] = true
+			}
+		}
+	})
+	return out
+}
+
+// eachProcess calls fn with the pid and the user ids (real, effective,
+// saved, filesystem) of every process but this one; zombies, which hold
+// nothing and cannot be killed, only if asked for.
+func eachProcess(zombies bool, fn func(pid int, uids [4]uint64)) {
+	procs, err := procfs.AllProcs()
+	if err != nil {
+		return
+	}
+	self := os.Getpid()
+	for _, p := range procs {
+		if p.PID == self {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		st, err := p.NewStatus()
 		if err != nil {
 			continue // gone meanwhile
 		}
-		var state string
-		var real, eff uint32
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "State:"); ok {
-				state = strings.TrimSpace(v)
-			}
-			if v, ok := strings.CutPrefix(line, "Uid:"); ok {
-				f := strings.Fields(v)
-				if len(f) >= 2 {
-					r, _ := strconv.ParseUint(f[0], 10, 32)
-					e, _ := strconv.ParseUint(f[1], 10, 32)
-					real, eff = uint32(r), uint32(e)
-				}
-			}
-		}
-		if strings.HasPrefix(state, "Z") || strings.HasPrefix(state, "X") {
+		if s, err := p.Stat(); err != nil || (!zombies && (s.State == "Z" || s.State == "X")) {
 			continue
 		}
-		if match(real) || match(eff) {
-			pids = append(pids, pid)
-		}
+		fn(p.PID, st.UIDs)
 	}
-	return pids
 }
 
 // CheckReach reports whether user cred can traverse every directory from

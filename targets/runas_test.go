@@ -159,27 +159,43 @@ func TestRunAsUIDRange(t *testing.T) {
 	}
 }
 
-// TestUIDAllocator: one id per sandbox, stable while held, refused when
-// the block is used up, reusable once released.
+// TestUIDAllocator: one id per sandbox, stable while held, recorded in
+// the store, refused when the block is used up, reusable once released.
 func TestUIDAllocator(t *testing.T) {
 	t.Parallel()
-	a := &uidAllocator{r: UIDRange{First: 10, Last: 12}, of: map[sandboxKey]uint32{}, holder: map[uint32]sandboxKey{}}
+	ctx := context.Background()
+	st := newMemStore()
+	for _, id := range []string{"x", "y", "z", "w"} {
+		if _, err := st.CreateSandbox(ctx, Sandbox{TenantID: "t", ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Ids no process of this machine has (the test binary's are 0).
+	a := newUIDAllocator(UIDRange{First: 250010, Last: 250012}, st, t.TempDir())
 	seen := map[uint32]bool{}
 	for _, id := range []string{"x", "y", "z"} {
-		uid, err := a.acquire(sandboxKey{"t", id})
-		if err != nil || uid < 10 || uid > 12 || seen[uid] {
+		uid, err := a.acquire(ctx, sandboxKey{"t", id}, "")
+		if err != nil || uid < 250010 || uid > 250012 || seen[uid] {
 			t.Fatalf("acquire %s = %d, %v (seen %v)", id, uid, err, seen)
 		}
 		seen[uid] = true
-		if again, _ := a.acquire(sandboxKey{"t", id}); again != uid {
+		if again, _ := a.acquire(ctx, sandboxKey{"t", id}, ""); again != uid {
 			t.Fatalf("acquire %s again = %d, want %d", id, again, uid)
 		}
+		if sb, _ := st.GetSandbox(ctx, "t", id); sb.UID != uid {
+			t.Fatalf("the store says %s has uid %d, want %d", id, sb.UID, uid)
+		}
 	}
-	if _, err := a.acquire(sandboxKey{"t", "w"}); err == nil {
+	if _, err := a.acquire(ctx, sandboxKey{"t", "w"}, ""); err == nil {
 		t.Fatal("a fourth sandbox got an id from a block of three")
 	}
-	a.release(sandboxKey{"t", "y"})
-	if _, err := a.acquire(sandboxKey{"t", "w"}); err != nil {
+	if err := a.release(ctx, sandboxKey{"t", "y"}); err != nil {
+		t.Fatal(err)
+	}
+	if sb, _ := st.GetSandbox(ctx, "t", "y"); sb.UID != 0 {
+		t.Fatalf("a released id is still y's in the store: %d", sb.UID)
+	}
+	if _, err := a.acquire(ctx, sandboxKey{"t", "w"}, ""); err != nil {
 		t.Fatalf("after a release: %v", err)
 	}
 }

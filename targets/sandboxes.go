@@ -102,6 +102,7 @@ func (c *Catalog) DeleteSandbox(ctx context.Context, tenantID, id string) (Sandb
 		if uid, ok := c.uids.lookup(k); ok {
 			if n := killUsers(func(u uint32) bool { return u == uid }); n > 0 {
 				c.log.Warn("killed processes that escaped a deleted sandbox", zap.String("tenant", tenantID), zap.String("sandbox", id), zap.Int("count", n))
+				waitReaped(func(u uint32) bool { return u == uid }) // their zombies count against the id's RLIMIT_NPROC
 			}
 			root := sb.Root
 			if root == "" {
@@ -110,7 +111,9 @@ func (c *Catalog) DeleteSandbox(ctx context.Context, tenantID, id string) (Sandb
 			if err := lockRoot(root); err != nil {
 				c.log.Warn("cannot take a deleted sandbox's root back; its user id stays reserved", zap.String("root", root), zap.Error(err))
 			} else if len(userProcesses(func(u uint32) bool { return u == uid })) == 0 {
-				c.uids.release(k)
+				if err := c.uids.release(context.WithoutCancel(ctx), k); err != nil {
+					c.log.Warn("cannot release a deleted sandbox's user id; it stays reserved", zap.String("tenant", tenantID), zap.String("sandbox", id), zap.Error(err))
+				}
 			}
 		}
 	}
@@ -131,9 +134,12 @@ func (c *Catalog) DeleteSandbox(ctx context.Context, tenantID, id string) (Sandb
 // ctx, so the store never says pending about a running workload.
 func (c *Catalog) start(ctx context.Context, sb Sandbox) (Sandbox, error) {
 	ctx = context.WithoutCancel(ctx)
+	if err := c.claim(ctx); err != nil {
+		return c.fail(ctx, sb, "claim the sandboxes: "+err.Error())
+	}
 	cfg := c.wcfg
 	if c.uids != nil {
-		uid, err := c.uids.acquire(sandboxKey{sb.TenantID, sb.ID})
+		uid, err := c.uids.acquire(ctx, sandboxKey{sb.TenantID, sb.ID}, sb.Root)
 		if err != nil {
 			return c.fail(ctx, sb, err.Error())
 		}

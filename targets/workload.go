@@ -195,15 +195,14 @@ func (w *Workload) Stats() WorkloadStats {
 	}
 }
 
-// killAllLocked sends sig to the workload's process group and, on a PTY,
-// to every other member of its session (an interactive shell puts each job
-// in a group of its own). Only while the main process is not reaped: its
-// pid, hence the group and session ids, cannot be reused until then.
+// killAllLocked sends sig to the workload's process group and to every
+// other member of its session (an interactive shell puts each job in a
+// group of its own, and any child may call setpgid). Only while the main
+// process is not reaped: its pid, hence the group and session ids, cannot
+// be reused until then.
 func (w *Workload) killAllLocked(sig syscall.Signal) {
 	_ = syscall.Kill(-w.pid, sig)
-	if w.tty {
-		for _, pid := range sessionMembers(w.pid) {
-			_ = syscall.Kill(pid, sig)
-		}
+	for _, pid := range sessionMembers(w.pid) {
+		_ = syscall.Kill(pid, sig)
 	}
 }
