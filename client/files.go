@@ -78,13 +78,32 @@ func (c *Client) Put(ctx context.Context, filesURL, remotePath string, r io.Read
 	return &res, c.filesDo(req, &res)
 }
 
-// Download writes remotePath's bytes from offset on to w and returns how
-// many it wrote. offset > 0 resumes a download (a Range request); an
-// offset at the file's end downloads nothing. When w is an io.WriterAt
-// the bytes are written at their file offsets (offset, offset+1…), else
-// appended to w. progress, if not nil, is called with offset plus the
-// bytes written so far.
+// Download writes remotePath's bytes from offset on to w, in order, and
+// returns how many it wrote. offset > 0 asks only for the rest of the file
+// (a Range request); an offset at the file's end downloads nothing.
+// progress, if not nil, is called with offset plus the bytes written so
+// far.
+//
+// w is only ever written with Write, even when it is an *os.File: issue 17
+// was a download to stdout that used WriteAt and so failed on a pipe
+// ("illegal seek") and on a file opened with >> (O_APPEND), and overwrote
+// earlier output in the same file. Use DownloadAt to write at file
+// offsets.
 func (c *Client) Download(ctx context.Context, filesURL, remotePath string, w io.Writer, offset int64, progress func(done int64)) (int64, error) {
+	return c.download(ctx, filesURL, remotePath, w, offset, progress)
+}
+
+// DownloadAt is Download that writes byte i of the remote file at offset i
+// of w, so a partial local copy of offset bytes is completed in place
+// (resumed) whatever w's current position. w must support WriteAt: a
+// regular file opened without O_APPEND, not a pipe or a terminal.
+func (c *Client) DownloadAt(ctx context.Context, filesURL, remotePath string, w io.WriterAt, offset int64, progress func(done int64)) (int64, error) {
+	return c.download(ctx, filesURL, remotePath, io.NewOffsetWriter(w, offset), offset, progress)
+}
+
+// download writes the bytes from offset on to dst, which the exported
+// callers chose: w itself, or an offset writer over it.
+func (c *Client) download(ctx context.Context, filesURL, remotePath string, dst io.Writer, offset int64, progress func(done int64)) (int64, error) {
 	u, err := filesHTTPURL(filesURL, remotePath, nil)
 	if err != nil {
 		return 0, err
@@ -119,10 +138,6 @@ func (c *Client) Download(ctx context.Context, filesURL, remotePath string, w io
 		}
 	case resp.StatusCode == http.StatusOK && resp.Header.Get("Content-Type") == "application/json":
 		return 0, fmt.Errorf("download %s: is a directory", remotePath)
-	}
-	dst := w
-	if wa, ok := w.(io.WriterAt); ok {
-		dst = io.NewOffsetWriter(wa, offset)
 	}
 	if progress != nil {
 		dst = &progressWriter{w: dst, done: offset, progress: progress}

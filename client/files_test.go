@@ -92,7 +92,7 @@ func TestFilesClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err = c.Download(ctx, furl, "dir/with space/f?#.bin", f, 12345, func(d int64) { last = d })
+	n, err = c.DownloadAt(ctx, furl, "dir/with space/f?#.bin", f, 12345, func(d int64) { last = d })
 	f.Close()
 	if got, _ := os.ReadFile(local); err != nil || n != int64(len(data)-12345) || !bytes.Equal(got, data) || last != int64(len(data)) {
 		t.Fatalf("resumed Download: %d %v, progress %d", n, err, last)
@@ -139,5 +139,33 @@ func TestFilesHTTPURL(t *testing.T) {
 	}
 	if _, err := client.FilesHTTPURL("ws://h/v1/connect/s1/stdio?token=t", "d", nil); err == nil {
 		t.Error("a stdio URL was accepted")
+	}
+}
+
+// TestDownloadInOrder: Download writes an *os.File with Write, never at
+// offsets, so a file opened with O_APPEND keeps what it held and gets the
+// bytes after it (issue 17; WriteAt fails on O_APPEND).
+func TestDownloadInOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	furl, root := filesGateway(t)
+	c := client.New("http://unused", "demo", "unused")
+	if err := os.WriteFile(filepath.Join(root, "f"), []byte("0123456789"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	local := filepath.Join(t.TempDir(), "log")
+	if err := os.WriteFile(local, []byte("earlier\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(local, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if n, err := c.Download(ctx, furl, "f", f, 4, nil); err != nil || n != 6 {
+		t.Fatalf("Download: %d %v", n, err)
+	}
+	if got, _ := os.ReadFile(local); string(got) != "earlier\n456789" {
+		t.Fatalf("file holds %q", got)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dustin/go-humanize"
+	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
 	"github.com/nimbus/gateway/client"
@@ -126,6 +128,10 @@ func download(ctx context.Context, c *client.Client, filesURL, remote, local str
 		return fmt.Errorf("%s is a directory (gateway cp copies one file)", remote)
 	}
 	if local == "-" {
+		// Issue 17: stdout is written in order, never at file offsets: it
+		// may be a pipe (WriteAt fails with "illegal seek"), a file opened
+		// with >> (O_APPEND refuses WriteAt) or a file that already holds
+		// earlier output of the shell (WriteAt would overwrite it).
 		bar.start(remote, 0, fi.Size)
 		n, err := c.Download(ctx, filesURL, remote, stdout, 0, bar.set)
 		bar.done(n)
@@ -147,8 +153,7 @@ func download(ctx context.Context, c *client.Client, filesURL, remote, local str
 	if err != nil {
 		return err
 	}
-	bar.start(remote, offset, fi.Size)
-	n, err := c.Download(ctx, filesURL, remote, f, offset, bar.set)
+	n, err := downloadTo(ctx, c, filesURL, remote, f, offset, fi.Size, bar)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -162,20 +167,42 @@ func download(ctx context.Context, c *client.Client, filesURL, remote, local str
 	return nil
 }
 
-// progressBar draws "name  45%  12.3 MiB / 27 MiB  5.6 MiB/s" on stderr
-// when stderr is a terminal, at most ten times a second; otherwise it
-// draws nothing.
+// downloadTo writes remote into f, which cp opened itself: a regular file
+// is written at file offsets from offset on (the resume); anything else
+// LOCAL can name (a FIFO, /dev/stdout, a terminal) is written in order
+// from its start, as stdout is (issue 17).
+func downloadTo(ctx context.Context, c *client.Client, filesURL, remote string, f *os.File, offset, size int64, bar *progressBar) (int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if !st.Mode().IsRegular() {
+		bar.start(remote, 0, size)
+		return c.Download(ctx, filesURL, remote, f, 0, bar.set)
+	}
+	bar.start(remote, offset, size)
+	return c.DownloadAt(ctx, filesURL, remote, f, offset, bar.set)
+}
+
+// progressBar is one copy's progress line on stderr, drawn by
+// schollz/progressbar: name, percent, bytes and rate, at most ten times a
+// second, and a newline when the copy ends. It draws only when stderr is a
+// terminal and --quiet is not given, so redirected stderr stays clean.
+//
+// Its methods may be called concurrently: set runs on whichever goroutine
+// moves the bytes (net/http's body writer for an upload).
 type progressBar struct {
+	// Static after construction.
 	w  io.Writer
 	on bool
 
 	mu sync.Mutex
 	// Guarded by mu.
-	name        string
-	total, base int64
-	started     time.Time
-	last        time.Time
-	drawn       bool
+	bar   *progressbar.ProgressBar // nil until start, and when off
+	base  int64                    // bytes already local before a resume
+	left  int64                    // bytes this run moves, -1 unknown
+	drawn bool                     // the bar wrote something to w
+	ended bool                     // finish ran; later updates are ignored
 }
 
 func newProgressBar(w io.Writer, quiet bool) *progressBar {
@@ -186,70 +213,95 @@ func newProgressBar(w io.Writer, quiet bool) *progressBar {
 	return &progressBar{w: w, on: on}
 }
 
-// start begins a transfer of total bytes (-1 unknown) from base on.
+// start begins a transfer of total bytes (-1 unknown) of which base are
+// already in place. The bar counts only the bytes this run moves, so its
+// rate is this run's; the name says where a resume started.
 func (b *progressBar) start(name string, base, total int64) {
+	if !b.on {
+		return
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.name, b.base, b.total, b.started = name, base, total, time.Now()
+	left := int64(-1) // progressbar's "unknown": a spinner with a byte count
+	if total >= 0 {
+		left = total - base
+	}
+	if left == 0 {
+		// Nothing to move (an empty file, or a resume already complete):
+		// progressbar refuses a zero maximum, and there is no progress
+		// to show.
+		return
+	}
+	if base > 0 {
+		name += " (resuming at " + humanize.IBytes(uint64(base)) + ")"
+	}
+	b.base, b.left = base, left
+	b.bar = progressbar.NewOptions64(left,
+		progressbar.OptionSetWriter(barWriter{b}),
+		progressbar.OptionSetDescription(name),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowCount(),
+		progressbar.OptionUseIECUnits(true),
+		progressbar.OptionUseANSICodes(true),
+		progressbar.OptionSetWidth(20),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		// 0 turns off the spinner's own render goroutine, which would
+		// otherwise outlive a transfer that fails before its end.
+		progressbar.OptionSetSpinnerChangeInterval(0),
+	)
 }
 
+// set reports done bytes of the whole file (base included), the shape of
+// client's progress callbacks.
 func (b *progressBar) set(done int64) {
 	if !b.on {
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if now := time.Now(); now.Sub(b.last) >= 100*time.Millisecond {
-		b.last = now
-		b.draw(done)
+	if b.bar != nil && !b.ended {
+		_ = b.bar.Set64(done - b.base)
 	}
 }
 
+// done draws the final count n (base included) of a transfer that ended.
 func (b *progressBar) done(n int64) {
 	if !b.on {
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.draw(n)
+	if b.bar == nil || b.ended {
+		return
+	}
+	_ = b.bar.Set64(n - b.base)
+	if b.left < 0 || n-b.base >= b.left {
+		// Marks the bar finished, which draws it once more past the
+		// throttle; for an unknown size it stops the spinner.
+		_ = b.bar.Finish()
+	}
 }
 
+// finish ends the line, so what follows (an error, the shell's prompt)
+// starts on its own.
 func (b *progressBar) finish() {
 	if !b.on {
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.ended = true
 	if b.drawn {
 		fmt.Fprintln(b.w)
 	}
 }
 
-// draw must be called with mu held.
-func (b *progressBar) draw(done int64) {
-	b.drawn = true
-	line := b.name
-	if b.total > 0 {
-		line += fmt.Sprintf("  %3d%%  %s / %s", done*100/b.total, ibytes(uint64(done)), ibytes(uint64(b.total)))
-	} else {
-		line += "  " + ibytes(uint64(done))
-	}
-	if secs := time.Since(b.started).Seconds(); secs > 0 && done > b.base {
-		line += "  " + ibytes(uint64(float64(done-b.base)/secs)) + "/s"
-	}
-	fmt.Fprintf(b.w, "\r\033[K%s", line)
-}
+// barWriter is progressbar's output: it records that something was drawn
+// and hides the *os.File, whose Sync progressbar calls after every write.
+// progressbar writes only from calls made with b.mu held.
+type barWriter struct{ b *progressBar }
 
-// ibytes formats n bytes in binary units: "812 B", "12.3 MiB".
-func ibytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+func (w barWriter) Write(p []byte) (int, error) {
+	w.b.drawn = true
+	return w.b.w.Write(p)
 }
