@@ -55,6 +55,9 @@ type gateway struct {
 	key     ed25519.PrivateKey // the data dir's development key
 	devKeys bool               // tokens are signed with key (no --tenant-key)
 	env     []string           // added to the process's environment
+	// metricsURL is the /metrics of its metrics listener (--metrics-addr,
+	// a loopback port of its own).
+	metricsURL string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd     // guarded by mu
@@ -89,7 +92,10 @@ func startGatewayEnv(t testing.TB, dir string, env []string, extra ...string) *g
 	}
 	g := &gateway{t: t, dir: dir, addr: freeAddr(t), devKeys: true, env: env}
 	g.URL = "http://" + g.addr
+	metricsAddr := freeAddr(t)
+	g.metricsURL = "http://" + metricsAddr + "/metrics"
 	g.args = append([]string{"serve", "--addr", g.addr, "--data-dir", dir, "--config", cfg, "--log-level", "warn",
+		"--metrics-addr", metricsAddr,
 		// No warm Chromium: these tests need none, and two cores are shared.
 		"--browser-warm", "-1"}, extra...)
 	for _, a := range extra {

@@ -57,7 +57,7 @@ func (g *gateway) measure() usage {
 	httpClient.CloseIdleConnections() // their server-side goroutines are not the gateway's own
 	pid := g.pid()
 	var u usage
-	r := do(g.t, http.MethodGet, g.URL+"/metrics", nil, nil)
+	r := do(g.t, http.MethodGet, g.metricsURL, nil, nil)
 	for _, l := range strings.Split(string(r.body), "\n") {
 		if v, ok := strings.CutPrefix(l, "go_goroutines "); ok {
 			u.goroutines, _ = strconv.Atoi(strings.TrimSpace(v))

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -21,10 +22,19 @@ func newFlagSet(name string) *flag.FlagSet {
 // the standard flag package stops at the first positional, so parsing
 // resumes after each one, and fs.Args() holds the positionals at the end.
 func parseWithEnv(fs *flag.FlagSet, args []string) error {
+	_, err := parseWithEnvArgs(fs, args)
+	return err
+}
+
+// parseWithEnvArgs is parseWithEnv that also reports which flags were
+// given on the command line rather than taken from the environment: a
+// secret in argv is readable by every process on the host
+// (/proc/<pid>/cmdline), one in the environment only by the same user.
+func parseWithEnvArgs(fs *flag.FlagSet, args []string) (fromArgs map[string]bool, err error) {
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			return err
+			return nil, err
 		}
 		if fs.NArg() == 0 {
 			break
@@ -38,11 +48,10 @@ func parseWithEnv(fs *flag.FlagSet, args []string) error {
 		args = rest[1:]
 	}
 	if err := fs.Parse(append([]string{"--"}, positional...)); err != nil {
-		return err
+		return nil, err
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] || err != nil {
 			return
@@ -54,7 +63,7 @@ func parseWithEnv(fs *flag.FlagSet, args []string) error {
 			}
 		}
 	})
-	return err
+	return set, err
 }
 
 // listFlag is a repeatable string flag; from env it splits on commas.
@@ -68,5 +77,33 @@ func (l *listFlag) Set(v string) error {
 			*l = append(*l, s)
 		}
 	}
+	return nil
+}
+
+// byteSize is a flag of a number of bytes: a plain integer, or one with a
+// binary unit (KiB, MiB, GiB, TiB; also K, M, G, T for the same).
+type byteSize int64
+
+func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+func (b *byteSize) Set(v string) error {
+	s := strings.TrimSpace(v)
+	mult := int64(1)
+	for i, unit := range []string{"K", "M", "G", "T"} {
+		for _, suffix := range []string{unit + "iB", unit} {
+			if rest, ok := strings.CutSuffix(s, suffix); ok {
+				s, mult = strings.TrimSpace(rest), int64(1)<<(10*(i+1))
+				break
+			}
+		}
+		if mult != 1 {
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return fmt.Errorf("%q is not a size in bytes (e.g. 67108864 or 64MiB)", v)
+	}
+	*b = byteSize(n * mult)
 	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -30,14 +29,25 @@ import (
 type serveConfig struct {
 	addr, dataDir, config, store, publicURL, chromium, logLevel string
 	sandboxUser                                                 string
+	sandboxNProc                                                int
 	tenantKeys                                                  listFlag
 	connectKeys                                                 string
 	ttlDefault, ttlMax                                          time.Duration
 	maxSessions                                                 int
 	maxConns                                                    int
 	browserWarm, browserMax                                     int
+	browserUser                                                 string
+	browserMaxPerTenant                                         int
 	pingInterval, pingTimeout                                   time.Duration
 	drainTimeout                                                time.Duration
+	metricsAddr                                                 string
+	metricsTenantLabels                                         bool
+	storeFile                                                   string
+	sandboxRootDir                                              string
+	minFreeBytes                                                byteSize
+	// argvSecrets are the secrets given on the command line, warned
+	// about at start (secrets.go).
+	argvSecrets []argvSecret
 
 	// listener, when set (by tests), is served instead of listening on
 	// addr.
@@ -50,25 +60,36 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.addr, "addr", ":8080", "listen address")
 	fs.StringVar(&c.dataDir, "data-dir", "./nimbus-data", "directory for the SQLite store, keys and sandbox roots")
 	fs.StringVar(&c.config, "config", "", "catalog YAML to seed (default: the embedded demo catalog, same as testdata/catalog.yaml)")
-	fs.StringVar(&c.store, "store", "", "store: a SQLite file path (default <data-dir>/nimbus.db)")
+	fs.StringVar(&c.store, "store", "", "store: a SQLite file path (default <data-dir>/nimbus.db), or a postgres:// URL; a password in it belongs in NIMBUS_STORE or --store-file, not on the command line, where every process can read it")
+	fs.StringVar(&c.storeFile, "store-file", "", "file holding the --store value (e.g. a postgres:// URL with its password), read at start; keep it 0600")
 	fs.StringVar(&c.publicURL, "public-url", "", "base URL of minted connect URLs (default: from each request's Host)")
 	fs.StringVar(&c.sandboxUser, "sandbox-user", "", `user ids of sandbox workloads (needs the gateway to run as root): a block first-last, one id per sandbox (200000-299999), or one user[:group] for all; default: the gateway's own user, which lets workloads read the data directory's keys`)
+	fs.IntVar(&c.sandboxNProc, "sandbox-nproc", 256, "RLIMIT_NPROC of sandbox workloads: processes and threads a sandbox's user may have, beyond which its forks fail with EAGAIN (0: no limit); per sandbox with a --sandbox-user block, shared by all with one user, not applied without --sandbox-user")
 	fs.StringVar(&c.chromium, "chromium", "", "Chromium binary for the browser service (default: found on PATH)")
 	fs.Var(&c.tenantKeys, "tenant-key", "tenant-token verification key file (HS256 secret, Ed25519 or RSA public key PEM); repeatable; default: the development key in the data dir")
-	fs.StringVar(&c.connectKeys, "connect-keys", "", `connect-URL keyset: a JSON file, or the JSON itself ({"signing":"k2","keys":{"k1":"<base64>","k2":"<base64>"}}); default: <data-dir>/keys/connect.json, created if absent`)
+	fs.StringVar(&c.connectKeys, "connect-keys", "", `connect-URL keyset: a JSON file, or the JSON itself ({"signing":"k2","keys":{"k1":"<base64>","k2":"<base64>"}}) in NIMBUS_CONNECT_KEYS (on the command line every process could read it); default: <data-dir>/keys/connect.json, created if absent`)
 	fs.DurationVar(&c.ttlDefault, "ttl-default", 15*time.Minute, "session TTL when the request names none")
 	fs.DurationVar(&c.ttlMax, "ttl-max", time.Hour, "cap on every session TTL")
 	fs.IntVar(&c.maxSessions, "max-sessions-per-tenant", 1000, "open sessions a tenant may hold")
 	fs.IntVar(&c.browserWarm, "browser-warm", 2, "Chromium processes kept started for the next browser sessions (negative: none)")
 	fs.IntVar(&c.browserMax, "browser-max", 8, "Chromium processes at most, warm ones included; opens beyond answer 429")
+	fs.IntVar(&c.browserMaxPerTenant, "browser-max-per-tenant", 0, "browsers one tenant may hold at once; opens beyond answer 429 (default: half of --browser-max, at least 1)")
+	fs.StringVar(&c.browserUser, "browser-user", "auto", `user ids of the browsers, one per Chromium: a block first-last, "auto" (`+defaultBrowserUsers+` when the gateway runs as root, else none) or "off" (browsers run as the gateway's user and can read what it can)`)
 	fs.IntVar(&c.maxConns, "max-conns-per-session", 32, "live connections a session may hold")
 	fs.DurationVar(&c.pingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval (negative disables)")
 	fs.DurationVar(&c.pingTimeout, "ping-timeout", 15*time.Second, "how long a pong may take before the client is dropped")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "how long SIGTERM waits for requests to finish")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
-	if err := parseWithEnv(fs, args); err != nil {
+	fs.StringVar(&c.sandboxRootDir, "sandbox-root-dir", "", "directory of the sandbox roots, <dir>/<tenant>/<id>, best on a file system of its own so that a full sandbox cannot fill the store's (default <data-dir>/sandboxes; existing sandboxes keep theirs)")
+	c.minFreeBytes = 64 << 20
+	fs.Var(&c.minFreeBytes, "min-free-bytes", "free space uploads through the files channel leave on the file system they write to; beyond, 507 resource_exhausted (bytes, or with KiB, MiB, GiB; 0: no reserve)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "127.0.0.1:9090", `address of the Prometheus /metrics listener, which needs no token: keep it private; "off" disables metrics, "main" serves /metrics on --addr`)
+	fs.BoolVar(&c.metricsTenantLabels, "metrics-tenant-labels", false, "label per-tenant series with the tenant id (default: totals only, so a scrape does not list the tenants)")
+	fromArgs, err := parseWithEnvArgs(fs, args)
+	if err != nil {
 		return err
 	}
+	c.argvSecrets = argvSecrets(c, fromArgs)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return runServer(ctx, c, stdout, stderr)
@@ -81,11 +102,15 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	warnArgvSecrets(log, c.argvSecrets)
 	if err := os.MkdirAll(c.dataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
 
-	dbPath := c.store
+	dbPath, err := storeSpec(c)
+	if err != nil {
+		return err
+	}
 	if dbPath == "" {
 		dbPath = filepath.Join(c.dataDir, "nimbus.db")
 	}
@@ -112,9 +137,20 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	browserUIDs, err := parseBrowserUsers(c.browserUser)
+	if err == nil {
+		err = checkBlocksApart(browserUIDs, uids)
+	}
+	if err != nil {
+		return err
+	}
+	profileDir, err := browserProfileDir(c.dataDir, browserUIDs)
+	if err != nil {
+		return fmt.Errorf("--browser-user: %w", err)
+	}
 	switch {
 	case uids != nil:
-		if err := openDataDirTo(c.dataDir, targets.Credential{UID: uids.First, GID: uids.First}); err != nil {
+		if err := openSandboxesTo(c, targets.Credential{UID: uids.First, GID: uids.First}); err != nil {
 			return fmt.Errorf("--sandbox-user: %w", err)
 		}
 		unlock, err := lockDataDir(c.dataDir)
@@ -123,14 +159,15 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		}
 		defer unlock()
 	case runAs != nil:
-		if err := openDataDirTo(c.dataDir, *runAs); err != nil {
+		if err := openSandboxesTo(c, *runAs); err != nil {
 			return fmt.Errorf("--sandbox-user: %w", err)
 		}
 		log.Warn("every sandbox workload runs as the same user: each can reach the others' roots; give a block of ids (--sandbox-user 200000-299999) to separate them")
 	case os.Geteuid() == 0:
 		log.Warn("sandbox workloads run as root, the gateway's user: they can read its keys and database; set --sandbox-user")
 	}
-	catalog := targets.NewCatalog(db, targets.Options{DataDir: c.dataDir, Logger: log, RunAs: runAs, UIDs: uids})
+	catalog := targets.NewCatalog(db, targets.Options{DataDir: c.dataDir, Logger: log, RunAs: runAs, UIDs: uids, NProc: c.sandboxNProc,
+		SandboxDir: c.sandboxRootDir})
 	if err := catalog.Seed(ctx, cfg); err != nil {
 		return fmt.Errorf("seeding the catalog: %w", err)
 	}
@@ -139,7 +176,7 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	}
 	defer catalog.Close()
 
-	browsers := browserPool(ctx, c, log)
+	browsers := browserPool(ctx, c, browserUIDs, profileDir, log)
 	if browsers != nil {
 		// Deferred after the catalog's, so it runs before it; both run after
 		// the server's Shutdown, so clients get 1001 before browsers die.
@@ -154,9 +191,11 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	}})
 	srv = proxy.New(proxy.Options{
 		Sessions: db, Catalog: catalog, Tenants: verifier, ConnectKeys: ck, Expirer: expirer, Ping: db.Ping,
+		Writable: db.CheckWritable, MinFreeBytes: int64(c.minFreeBytes),
 		TTL: lease.TTLPolicy{Default: c.ttlDefault, Max: c.ttlMax}, MaxOpenPerTenant: c.maxSessions,
 		MaxConnsPerSession: c.maxConns, PingInterval: c.pingInterval, PingTimeout: c.pingTimeout,
 		PublicURL: c.publicURL, Logger: log, Registry: reg, Browsers: browsers,
+		MetricsOnAPI: c.metricsAddr == metricsOnAPI, MetricsTenantLabels: c.metricsTenantLabels,
 	})
 
 	ln := c.listener
@@ -166,6 +205,12 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		}
 	}
 	hs := srv.HTTPServer(srv) // bounded headers and header time (proxy)
+	stopMetrics, err := serveMetrics(c.metricsAddr, srv, log)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	defer stopMetrics()
 	bgCtx, cancelBg := context.WithCancel(context.Background())
 	defer cancelBg()
 	if n, ok := db.(lease.Notifier); ok {
@@ -208,14 +253,25 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 
 // browserPool starts the browser service's Chromium pool. Without a
 // working Chromium the gateway runs without a browser service.
-func browserPool(ctx context.Context, c serveConfig, log *zap.Logger) *targets.BrowserPool {
-	pool, err := targets.NewBrowserPool(targets.BrowserOptions{Chromium: c.chromium, DataDir: c.dataDir,
-		Warm: c.browserWarm, Max: c.browserMax, Logger: log.Named("browser")})
+func browserPool(ctx context.Context, c serveConfig, uids *targets.UIDRange, profileDir string, log *zap.Logger) *targets.BrowserPool {
+	pool, err := targets.NewBrowserPool(targets.BrowserOptions{Chromium: c.chromium, DataDir: c.dataDir, ProfileDir: profileDir,
+		Warm: c.browserWarm, Max: c.browserMax, MaxPerTenant: c.browserMaxPerTenant, UIDs: uids,
+		Logger: log.Named("browser")})
 	if err != nil {
 		// The rest of the gateway is still useful; opens on the browser
 		// service answer 503 unavailable and say why in the log.
 		log.Error("browser service disabled", zap.String("chromium", c.chromium), zap.Error(err))
 		return nil
+	}
+	// What confines a browser (SPEC §9.1b), said once at start: the
+	// DevTools pipe always; its own user only with a block.
+	if uids != nil {
+		log.Info("browsers: DevTools over a pipe, no TCP port; each Chromium runs as its own user",
+			zap.String("browserUsers", fmt.Sprintf("%d-%d", uids.First, uids.Last)),
+			zap.String("notConfined", "world-readable host files and the host's loopback are still reachable from pages"))
+	} else {
+		log.Warn("browsers run as the gateway's own user: a page can read what the gateway can through file: URLs the relay does not see (set --browser-user)",
+			zap.String("confined", "DevTools over a pipe, no TCP port"))
 	}
 	// Start also kills Chromium left by a gateway that died and removes
 	// its profiles.
@@ -231,6 +287,7 @@ type gatewayStore interface {
 	lease.Store
 	targets.Store
 	Ping(context.Context) error
+	CheckWritable(context.Context) error
 	Close() error
 }
 
@@ -240,14 +297,6 @@ func openStore(ctx context.Context, spec string) (gatewayStore, error) {
 		return store.OpenPostgres(ctx, spec)
 	}
 	return store.OpenSQLite(spec)
-}
-
-// redactStore hides the password of a store URL for the log.
-func redactStore(spec string) string {
-	if u, err := url.Parse(spec); err == nil && u.User != nil {
-		return u.Redacted()
-	}
-	return spec
 }
 
 // tenantVerifier loads --tenant-key files, or the development key when
