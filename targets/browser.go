@@ -44,6 +44,10 @@ type BrowserOptions struct {
 	// "" means the current directory. Everything under DataDir/browsers
 	// belongs to the pool: Start removes what it finds there.
 	DataDir string
+	// ProfileDir, if set, replaces DataDir/browsers as the folder of the
+	// profiles (and belongs to the pool the same way): for browsers that
+	// run as other users when the data dir is not theirs to pass through.
+	ProfileDir string
 	// Warm is how many idle browsers are kept ready; 0 means 2, negative
 	// means none.
 	Warm int
@@ -126,7 +130,11 @@ func NewBrowserPool(o BrowserOptions) (*BrowserPool, error) {
 	if dir == "" {
 		dir = "."
 	}
-	root, err := filepath.Abs(filepath.Join(dir, "browsers"))
+	profiles := filepath.Join(dir, "browsers")
+	if o.ProfileDir != "" {
+		profiles = o.ProfileDir
+	}
+	root, err := filepath.Abs(profiles)
 	if err != nil {
 		return nil, err
 	}

@@ -226,4 +226,3 @@ func TestBrowserMaxPerTenant(t *testing.T) {
 		t.Fatalf("another tenant: %v", err)
 	}
 }
-

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math"
@@ -9,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/nimbus/gateway/targets"
 )
@@ -48,12 +52,46 @@ func parseBrowserUsers(spec string) (*targets.UIDRange, error) {
 	return &targets.UIDRange{First: uint32(f), Last: uint32(l)}, nil
 }
 
-// openDataDirToBrowsers lets the browsers' users pass through the data
-// directory (search permission, not listing) to their profiles under
-// browsers/, and closes everything else in it to others, as for sandbox
-// users (openDataDirTo): the keys, the database, a catalog file.
-func openDataDirToBrowsers(dataDir string) error {
-	return openDataDir(dataDir, "browsers", "sandboxes")
+// browserProfileDir says where the profiles of browsers running as the
+// users of uids live: "" (the pool's default, <data-dir>/browsers) when
+// they can pass through the data directory — which it opens to them
+// (search permission, not listing), closing everything else in it to
+// others as for sandbox users (openDataDirTo): the keys, the database, a
+// catalog file. A data directory they cannot reach (one under /root, say)
+// is not opened up behind the operator's back: the profiles go to a
+// folder of this data directory's own under the system's temporary
+// directory instead, so `go run ./cmd/gateway` as root still has a
+// confined browser service.
+func browserProfileDir(dataDir string, uids *targets.UIDRange) (string, error) {
+	if uids == nil {
+		return "", nil
+	}
+	cred := targets.Credential{UID: uids.First, GID: uids.First}
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return "", err
+	}
+	if targets.CheckReach(filepath.Dir(abs), cred) == nil {
+		if err := openDataDir(abs, "browsers", "sandboxes"); err != nil {
+			return "", err
+		}
+		return "", nil
+	}
+	sum := sha256.Sum256([]byte(abs))
+	dir := filepath.Join(os.TempDir(), "nimbus-browsers-"+hex.EncodeToString(sum[:6]))
+	if err := os.Mkdir(dir, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", err
+	}
+	// Someone else's folder (or a link) at that name must not receive
+	// the profiles.
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return "", err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || !fi.IsDir() || int(st.Uid) != os.Geteuid() {
+		return "", fmt.Errorf("%s is not a directory of the gateway's user", dir)
+	}
+	return dir, targets.CheckReach(dir, cred)
 }
 
 // checkBlocksApart refuses a browser block that overlaps the sandbox

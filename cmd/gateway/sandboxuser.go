@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"os"
 	"os/user"
@@ -102,32 +101,8 @@ func lookupGroup(s string) (string, error) {
 // others (keys/ and browsers/ are 0700 already; an existing database may
 // be 0644).
 func openDataDirTo(dataDir string, cred targets.Credential) error {
-	fi, err := os.Stat(dataDir)
-	if err != nil {
+	if err := openDataDir(dataDir, "sandboxes", "browsers"); err != nil {
 		return err
-	}
-	if fi.Mode().Perm()&0o001 == 0 {
-		if err := os.Chmod(dataDir, fi.Mode().Perm()|0o001); err != nil {
-			return err
-		}
-	}
-	// Everything beside the sandbox roots is closed to others: a database
-	// made by an older gateway (0644), a catalog file, whatever an
-	// operator put there.
-	ents, err := os.ReadDir(dataDir)
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		if e.Name() == "sandboxes" || e.Type()&fs.ModeSymlink != 0 {
-			continue
-		}
-		p := filepath.Join(dataDir, e.Name())
-		if fi, err := os.Lstat(p); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			if err := os.Chmod(p, fi.Mode().Perm()&^0o077); err != nil {
-				return err
-			}
-		}
 	}
 	sbDir := filepath.Join(dataDir, "sandboxes")
 	if err := os.MkdirAll(sbDir, 0o711); err != nil {
