@@ -3,9 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -295,10 +297,14 @@ func closeWithin(conn *websocket.Conn, ce *channels.CloseError) {
 	}
 }
 
-// isPeerGone reports whether err means the client closed or vanished.
+// isPeerGone reports whether err means the client closed or vanished: a
+// close frame, a cancelled context, or the socket ending (EOF, reset,
+// broken pipe). coder/websocket and net wrap with %w, so errors.Is sees
+// through them; the messages are not matched.
 func isPeerGone(err error) bool {
-	return websocket.CloseStatus(err) != -1 || errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "EOF") ||
-		strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "broken pipe")
+	return websocket.CloseStatus(err) != -1 || errors.Is(err, context.Canceled) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // isUpgrade reports whether r asks for a WebSocket.
