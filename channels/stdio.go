@@ -40,7 +40,9 @@ const (
 // StdioOptions tune ServeStdio. The zero value is the SPEC default.
 type StdioOptions struct {
 	// MaxBacklog bounds the output queued for the client and not yet
-	// written to its socket; 0 means 1 MiB.
+	// written to its socket; 0 means 1 MiB. MaxBacklog and Grace are the
+	// workload hub's slow-consumer rule (targets.SubscribeOptions, which
+	// applies the defaults); ServeStdio only carries out its verdict.
 	MaxBacklog int
 	// Grace is how long the backlog may stay over MaxBacklog before the
 	// client is dropped with 4429; 0 means 5 s.
@@ -73,29 +75,22 @@ type StdioOptions struct {
 // one second after closing conn and leaves the reader to finish the write
 // when the workload reads or exits; it delivers nothing more.
 func ServeStdio(ctx context.Context, conn *websocket.Conn, w *targets.Workload, o StdioOptions) error {
-	if o.MaxBacklog <= 0 {
-		o.MaxBacklog = 1 << 20
-	}
-	if o.Grace <= 0 {
-		o.Grace = 5 * time.Second
-	}
-	s := &stdio{conn: conn, w: w, opt: o, hardLimit: 64 * o.MaxBacklog}
+	s := &stdio{conn: conn, w: w, opt: o}
 	return s.serve(ctx)
 }
 
 // stdio is one attached client.
 type stdio struct {
 	// Static after ServeStdio.
-	conn      *websocket.Conn
-	w         *targets.Workload
-	opt       StdioOptions
-	hardLimit int // the hub's default HardLimit for opt.MaxBacklog
+	conn *websocket.Conn
+	w    *targets.Workload
+	opt  StdioOptions
 
 	// Owned by output.
 	buf []byte // a small chunk or control message behind its stream byte
 
-	// Shared by output and the slow-consumer watchdog.
-	watch slowWatch
+	// Shared by output and the hub, which drops a slow consumer.
+	drop slowDrop
 	// stopped is set once the connection is ending: the reader writes no
 	// more stdin to the workload.
 	stopped atomic.Bool
@@ -113,8 +108,6 @@ var (
 
 func (s *stdio) serve(ctx context.Context) error {
 	s.conn.SetReadLimit(MaxStdioMessage + 1)
-	sub := s.w.Subscribe(targets.SubscribeOptions{MaxBacklog: s.opt.MaxBacklog, Grace: s.opt.Grace, HardLimit: s.hardLimit})
-	defer sub.Close()
 
 	// stop ends the output loop at a message boundary (or in Next).
 	stop, stopOutput := context.WithCancelCause(ctx)
@@ -127,8 +120,9 @@ func (s *stdio) serve(ctx context.Context) error {
 	defer cutWrites(nil)
 	rctx, cutReads := context.WithCancel(context.WithoutCancel(ctx))
 	defer cutReads()
-	s.watch.init(s, cutWrites)
-	defer s.watch.stop()
+	s.drop.cut = cutWrites
+	sub := s.w.Subscribe(targets.SubscribeOptions{MaxBacklog: s.opt.MaxBacklog, Grace: s.opt.Grace, OnDrop: s.drop.dropped})
+	defer sub.Close()
 
 	// The output loop runs on this goroutine and the reader on one other:
 	// an idle attached client costs two goroutines, not three. The reader
@@ -153,6 +147,7 @@ func (s *stdio) serve(ctx context.Context) error {
 		lingerMu.Unlock()
 	})
 	outErr := s.output(stop, wctx, sub)
+	s.drop.stop()
 	stopLinger()
 	lingerMu.Lock()
 	if linger != nil {
@@ -219,7 +214,7 @@ func (s *stdio) output(stop, wctx context.Context, sub *targets.Subscription) er
 		if err != nil {
 			break
 		}
-		err := s.writeBatch(stop, wctx, sub, batch)
+		err := s.writeBatch(stop, wctx, batch)
 		// writeBatch released every chunk, possibly from a grown copy of
 		// batch: drop this array's references, none of them to be read.
 		clear(batch)
@@ -250,11 +245,9 @@ func (s *stdio) output(stop, wctx context.Context, sub *targets.Subscription) er
 // goes out as it is; runs of smaller chunks of one stream are coalesced
 // into messages of up to maxOutMessage: one frame and one write per
 // message instead of one per read of the workload's pipe. It stops early
-// when stop ends (returning its cause) or when the watchdog presumes the
-// hub dropped this client, which it then asks the hub.
-func (s *stdio) writeBatch(stop, wctx context.Context, sub *targets.Subscription, batch []targets.Chunk) error {
-	s.watch.begin()
-	defer s.watch.end()
+// when stop ends (returning its cause) or when the hub dropped this client
+// as a slow consumer (4429).
+func (s *stdio) writeBatch(stop, wctx context.Context, batch []targets.Chunk) error {
 	defer func() { targets.ReleaseAll(batch) }() // those not written
 	var bp *[]byte
 	defer func() {
@@ -266,15 +259,8 @@ func (s *stdio) writeBatch(stop, wctx context.Context, sub *targets.Subscription
 		if stop.Err() != nil {
 			return context.Cause(stop)
 		}
-		if s.watch.dropped() {
-			// A cancelled Next returns at once: the queue if any (then the
-			// hub has not dropped us yet: write on), else why it is empty.
-			more, err := sub.Next(probeCtx, batch)
-			if errors.Is(err, targets.ErrSlowConsumer) {
-				return Close(StatusSlowConsumer, "slow consumer")
-			}
-			batch = more
-			s.watch.begin()
+		if s.drop.isDropped.Load() {
+			return Close(StatusSlowConsumer, "slow consumer")
 		}
 		var msg []byte
 		first := i
@@ -321,15 +307,7 @@ var outBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-// probeCtx is a cancelled context: Subscription.Next under it does not
-// wait.
-var probeCtx = func() context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	return ctx
-}()
-
-// writeErr maps a failed write: cut by the watchdog, a slow consumer;
+// writeErr maps a failed write: cut after the hub's drop, a slow consumer;
 // otherwise the client is gone and there is nothing to send.
 func (s *stdio) writeErr(wctx context.Context, err error) error {
 	if errors.Is(context.Cause(wctx), errSlowWrite) {
@@ -361,101 +339,43 @@ type (
 	}
 )
 
-// slowWatch notices, while the output loop is stuck writing to a client
-// that stopped reading, that the hub has dropped the subscription: the
-// hub's rule applies to bytes not yet taken with Next, and the output loop
-// takes none while a write blocks, so on its own it would learn of the
-// drop only when the client reads again — never, for a client that froze.
-// It infers the backlog from the workload's output counter (bytes
-// published since the batch was taken, all queued for this subscriber),
-// which undercounts, so it never presumes a drop before the hub made it.
-// A client presumed dropped gets closeLinger to finish the frame being
-// written (it then gets a clean 4429); then its writes are cut.
-type slowWatch struct {
-	// Static after init.
-	s      *stdio
-	cut    context.CancelCauseFunc
-	period time.Duration
+// slowDrop carries out the hub's slow-consumer verdict while the output
+// loop is stuck writing to a client that stopped reading: the loop takes
+// nothing from Next while a write blocks, so Next's ErrSlowConsumer would
+// reach it only when the client reads again — never, for a client that
+// froze. The hub calls dropped (SubscribeOptions.OnDrop) instead; the loop
+// then writes no more messages, and the frame being written gets
+// closeLinger to finish (a client that reads again then gets a clean 4429)
+// before the write is cut.
+type slowDrop struct {
+	// Static after serve subscribed.
+	cut context.CancelCauseFunc // cuts the output loop's writes
+
+	isDropped atomic.Bool // read by the output loop per message
 
 	mu sync.Mutex
 	// Guarded by mu.
-	timer     *time.Timer
-	busy      bool      // the output loop is writing a batch
-	mark      uint64    // workload BytesOut when the batch was taken
-	overSince time.Time // when the inferred backlog was first seen over MaxBacklog
-	presumed  time.Time // when the drop was presumed; zero if not
-
-	isDropped atomic.Bool // presumed is set; read by the output loop per message
+	timer *time.Timer // cuts the writes closeLinger after the drop
+	done  bool        // the output loop returned: cut nothing
 }
 
-func (sw *slowWatch) init(s *stdio, cut context.CancelCauseFunc) {
-	sw.s, sw.cut = s, cut
-	sw.period = min(max(s.opt.Grace/4, 10*time.Millisecond), 250*time.Millisecond)
-}
-
-// begin is called when the output loop took a batch from Next.
-func (sw *slowWatch) begin() {
-	mark := sw.s.w.Stats().BytesOut
-	sw.mu.Lock()
-	defer sw.mu.Unlock()
-	sw.busy, sw.mark = true, mark
-	sw.overSince, sw.presumed = time.Time{}, time.Time{}
-	sw.isDropped.Store(false)
-	if sw.timer == nil {
-		sw.timer = time.AfterFunc(sw.period, sw.check)
-	} else {
-		sw.timer.Reset(sw.period)
+// dropped is the hub's OnDrop: it runs with the hub locked, so it only
+// sets a flag and a timer.
+func (d *slowDrop) dropped() {
+	d.isDropped.Store(true)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.done {
+		d.timer = time.AfterFunc(closeLinger, func() { d.cut(errSlowWrite) })
 	}
 }
 
-// end is called when the batch is written (or abandoned).
-func (sw *slowWatch) end() {
-	sw.mu.Lock()
-	defer sw.mu.Unlock()
-	sw.busy = false
-	sw.timer.Stop()
-}
-
-func (sw *slowWatch) stop() {
-	sw.mu.Lock()
-	defer sw.mu.Unlock()
-	sw.busy = false
-	if sw.timer != nil {
-		sw.timer.Stop()
+// stop is called once the output loop returned.
+func (d *slowDrop) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.done = true
+	if d.timer != nil {
+		d.timer.Stop()
 	}
-}
-
-func (sw *slowWatch) dropped() bool { return sw.isDropped.Load() }
-
-// check runs on the timer while a batch is being written.
-func (sw *slowWatch) check() {
-	out := sw.s.w.Stats().BytesOut
-	now := time.Now()
-	sw.mu.Lock()
-	defer sw.mu.Unlock()
-	if !sw.busy {
-		return
-	}
-	backlog := out - sw.mark
-	switch {
-	case !sw.presumed.IsZero():
-		if now.Sub(sw.presumed) >= closeLinger {
-			sw.cut(errSlowWrite)
-			return
-		}
-	case backlog > uint64(sw.s.hardLimit):
-		sw.presume(now)
-	case backlog > uint64(sw.s.opt.MaxBacklog):
-		if sw.overSince.IsZero() {
-			sw.overSince = now
-		} else if now.Sub(sw.overSince) >= sw.s.opt.Grace {
-			sw.presume(now)
-		}
-	}
-	sw.timer.Reset(sw.period)
-}
-
-func (sw *slowWatch) presume(now time.Time) {
-	sw.presumed = now
-	sw.isDropped.Store(true)
 }

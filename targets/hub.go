@@ -32,6 +32,15 @@ type SubscribeOptions struct {
 	// stalled client would otherwise queue gigabytes during Grace. 0 means
 	// 64 × MaxBacklog.
 	HardLimit int
+	// OnDrop, if not nil, is called once when the hub drops the subscriber
+	// by this rule, before Next can report ErrSlowConsumer. It tells a
+	// subscriber that is not in Next — one stuck writing to a client that
+	// stopped reading — what Next would tell it only once it came back,
+	// which for a frozen client is never. It runs on the goroutine that
+	// dropped the subscriber (the workload's output reader or the grace
+	// timer) with the hub locked: it must not block, and must not call the
+	// Subscription or the Workload.
+	OnDrop func()
 }
 
 // Chunk is one piece of workload output. Data is shared read-only by every
@@ -56,7 +65,9 @@ const (
 // blocking the readers (SPEC §5.1): publish appends the chunk to the ring
 // and to every subscriber's queue and pokes it through a 1-buffered channel;
 // subscribers that fall behind are dropped by rule, never waited for
-// (tailscale derp's sendPkt policy).
+// (tailscale derp's sendPkt policy). That rule (SubscribeOptions) is the
+// gateway's only slow-consumer rule: the stdio adapter learns of a drop
+// from Next and OnDrop and closes its client with 4429.
 type hub struct {
 	mu sync.Mutex
 	// Guarded by mu.
@@ -78,6 +89,7 @@ type Subscription struct {
 	max       int
 	hard      int
 	grace     time.Duration
+	onDrop    func() // nil if none
 	replayed  int
 	slowTimer *time.Timer // created once; armed while the backlog is over max
 
@@ -92,7 +104,7 @@ type Subscription struct {
 
 // subscribe attaches a new subscriber, its queue primed with the ring.
 func (h *hub) subscribe(opt SubscribeOptions) *Subscription {
-	s := &Subscription{h: h, wake: make(chan struct{}, 1), max: opt.MaxBacklog, hard: opt.HardLimit, grace: opt.Grace, idx: -1}
+	s := &Subscription{h: h, wake: make(chan struct{}, 1), max: opt.MaxBacklog, hard: opt.HardLimit, grace: opt.Grace, onDrop: opt.OnDrop, idx: -1}
 	if s.max <= 0 {
 		s.max = defaultMaxBacklog
 	}
@@ -163,11 +175,15 @@ func (h *hub) finish() {
 	}
 }
 
-// dropLocked detaches s as a slow consumer and frees its queue.
+// dropLocked detaches s as a slow consumer, frees its queue and tells its
+// owner: OnDrop, and a blocked Next returns ErrSlowConsumer.
 func (h *hub) dropLocked(s *Subscription) {
 	h.detachLocked(s)
 	s.dropped = true
 	h.dropped++
+	if s.onDrop != nil {
+		s.onDrop()
+	}
 	s.notify()
 }
 
