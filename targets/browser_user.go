@@ -55,18 +55,11 @@ func (p *BrowserPool) giveUID(b *Browser) {
 // may stay for long).
 func uidsWithProcesses() map[uint32]bool {
 	out := map[uint32]bool{}
-	procs, err := procfs.AllProcs()
-	if err != nil {
-		return out
-	}
-	for _, pr := range procs {
-		if stat, err := pr.Stat(); err != nil || stat.State == "Z" || stat.State == "X" {
-			continue
-		}
+	walkProcs(false, func(pr procfs.Proc, _ procfs.ProcStat) {
 		if st, err := pr.NewStatus(); err == nil {
 			out[uint32(st.UIDs[0])] = true
 		}
-	}
+	})
 	return out
 }
 

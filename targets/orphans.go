@@ -60,15 +60,6 @@ func startTime(pid int) string {
 	return strconv.FormatUint(st.Starttime, 10)
 }
 
-func procStat(pid int) (procfs.ProcStat, bool) {
-	p, err := procfs.NewProc(pid)
-	if err != nil {
-		return procfs.ProcStat{}, false
-	}
-	st, err := p.Stat()
-	return st, err == nil
-}
-
 // runRecord is this gateway's directory of workload sessions. Safe for
 // concurrent use; a nil *runRecord records nothing.
 type runRecord struct {
@@ -84,9 +75,10 @@ func newRunRecord(dataDir string) *runRecord {
 
 // bootID tells this boot of the machine from the others.
 var bootID = func() string {
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if id := strings.TrimSpace(string(b)); err == nil && id != "" && !strings.ContainsAny(id, "/.") {
-		return id
+	if fs, err := procfs.NewDefaultFS(); err == nil {
+		if f, err := fs.SysctlStrings("kernel.random.boot_id"); err == nil && len(f) == 1 && !strings.ContainsAny(f[0], "/.") {
+			return f[0]
+		}
 	}
 	return "unknown-boot"
 }()
@@ -165,10 +157,6 @@ type session struct {
 // orphans lists the live processes that are members of one of sessions,
 // as the recorded user, or carry mark in their environment.
 func orphans(mark string, sessions map[int]session) []int {
-	procs, err := procfs.AllProcs()
-	if err != nil {
-		return nil
-	}
 	// A recorded session whose id now names a process started at another
 	// time is long gone (its id was free to reuse): another's session.
 	current := map[int]bool{}
@@ -178,24 +166,20 @@ func orphans(mark string, sessions map[int]session) []int {
 	}
 	self := os.Getpid()
 	var pids []int
-	for _, p := range procs {
+	walkProcs(false, func(p procfs.Proc, st procfs.ProcStat) {
 		if p.PID == self {
-			continue
-		}
-		st, err := p.Stat()
-		if err != nil || st.State == "Z" || st.State == "X" {
-			continue
+			return
 		}
 		if s, ok := sessions[st.Session]; ok && current[st.Session] && st.Starttime >= s.start {
 			if status, err := p.NewStatus(); err == nil && status.UIDs[0] == uint64(s.uid) {
 				pids = append(pids, p.PID)
-				continue
+				return
 			}
 		}
 		if env, err := p.Environ(); err == nil && slices.Contains(env, mark) {
 			pids = append(pids, p.PID)
 		}
-	}
+	})
 	return pids
 }
 
@@ -204,7 +188,7 @@ func orphans(mark string, sessions map[int]session) []int {
 // start time, until its parent reaps it.
 func gatewayRuns(pid int, start string) bool {
 	st, ok := procStat(pid)
-	return ok && strconv.FormatUint(st.Starttime, 10) == start && st.State != "Z" && st.State != "X"
+	return ok && strconv.FormatUint(st.Starttime, 10) == start && !zombie(st)
 }
 
 // parseRun reads a record directory's name, "<pid>-<start>".

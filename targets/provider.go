@@ -419,19 +419,12 @@ func lookPath(name string, env []string, root string) (string, error) {
 
 // sessionMembers lists the processes of session sid other than its leader.
 func sessionMembers(sid int) []int {
-	procs, err := procfs.AllProcs()
-	if err != nil {
-		return nil
-	}
 	var pids []int
-	for _, p := range procs {
-		if p.PID == sid {
-			continue
-		}
-		if st, err := p.Stat(); err == nil && st.Session == sid {
+	walkProcs(true, func(p procfs.Proc, st procfs.ProcStat) {
+		if p.PID != sid && st.Session == sid {
 			pids = append(pids, p.PID)
 		}
-	}
+	})
 	return pids
 }
 

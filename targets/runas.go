@@ -356,24 +356,15 @@ func processUIDs(r UIDRange) map[uint32]bool {
 // saved, filesystem) of every process but this one; zombies, which hold
 // nothing and cannot be killed, only if asked for.
 func eachProcess(zombies bool, fn func(pid int, uids [4]uint64)) {
-	procs, err := procfs.AllProcs()
-	if err != nil {
-		return
-	}
 	self := os.Getpid()
-	for _, p := range procs {
+	walkProcs(zombies, func(p procfs.Proc, _ procfs.ProcStat) {
 		if p.PID == self {
-			continue
+			return
 		}
-		st, err := p.NewStatus()
-		if err != nil {
-			continue // gone meanwhile
+		if st, err := p.NewStatus(); err == nil { // else gone meanwhile
+			fn(p.PID, st.UIDs)
 		}
-		if s, err := p.Stat(); err != nil || (!zombies && (s.State == "Z" || s.State == "X")) {
-			continue
-		}
-		fn(p.PID, st.UIDs)
-	}
+	})
 }
 
 // CheckReach reports whether user cred can traverse every directory from
