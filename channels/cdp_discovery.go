@@ -1,9 +1,12 @@
 package channels
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/nimbus/gateway/problem"
@@ -19,12 +22,14 @@ var discoveryEndpoints = map[string]string{
 	"/json/protocol": "protocol", "/json/protocol/": "protocol",
 }
 
-// CDPDiscoveryPaths are the path suffixes CDPDiscovery answers.
+// CDPDiscoveryPaths are the path suffixes CDPDiscovery answers, longest
+// first: the one list of them, for the routes and for a client that glues
+// one to its token (Playwright before 1.46). The caller owns the slice.
 func CDPDiscoveryPaths() []string {
-	out := make([]string, 0, len(discoveryEndpoints))
-	for p := range discoveryEndpoints {
-		out = append(out, p)
-	}
+	out := slices.Collect(maps.Keys(discoveryEndpoints))
+	slices.SortFunc(out, func(a, b string) int {
+		return cmp.Or(cmp.Compare(len(b), len(a)), strings.Compare(a, b))
+	})
 	return out
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -334,5 +335,18 @@ func TestCDPDiscovery(t *testing.T) {
 	}
 	if code, _ := get(fakeSource{err: errors.New("dead")}, "/json/version"); code != 502 {
 		t.Fatalf("dead browser: %d, want 502", code)
+	}
+}
+
+// TestCDPDiscoveryPaths: the one list of discovery paths, which the proxy
+// routes and cuts from a glued token, holds every path CDPDiscovery knows,
+// longest first.
+func TestCDPDiscoveryPaths(t *testing.T) {
+	t.Parallel()
+	got := channels.CDPDiscoveryPaths()
+	want := []string{"/json/protocol/", "/json/protocol", "/json/version/", "/json/version",
+		"/json/list/", "/json/list", "/json/", "/json"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("CDPDiscoveryPaths() = %q, want %q", got, want)
 	}
 }
