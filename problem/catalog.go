@@ -6,8 +6,9 @@ import "net/http"
 // clients switch on them, so they are never renamed or reused.
 type Code string
 
-// The error catalog. docs/errors.md is generated from Catalog (go generate
-// ./problem) and a test fails when the two drift apart.
+// The error catalog. docs/errors.md is rendered from Catalog by Markdown:
+// TestErrorsDoc fails when the two drift apart, and `go test ./problem -run
+// TestErrorsDoc -update` rewrites the file.
 const (
 	InvalidArgument     Code = "invalid_argument"
 	Unauthenticated     Code = "unauthenticated"

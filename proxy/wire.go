@@ -273,11 +273,11 @@ func withField(err error, parent string) error {
 	return pe
 }
 
-// readBody reads a JSON body of at most maxBody bytes; a larger one is
-// payload_too_large without reading past the limit.
 // bodyTimeout bounds reading one JSON request body.
 const bodyTimeout = 30 * time.Second
 
+// readBody reads a JSON body of at most maxBody bytes; a larger one is
+// payload_too_large without reading past the limit.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	// A JSON body is at most 1 MiB: a client trickling it for longer than
 	// bodyTimeout is holding a connection and a goroutine for nothing.
