@@ -18,6 +18,9 @@ type SessionEnd struct {
 	// At is when the session ended: closedAt for a close, expiresAt for an
 	// expiry.
 	At time.Time
+	// RecordedAt is when this replica's Expirer recorded an expiry (zero
+	// for anything else): At to RecordedAt is the expiry's lag.
+	RecordedAt time.Time
 }
 
 // Notifier is implemented by stores that can tell every replica about

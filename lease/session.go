@@ -5,6 +5,8 @@ import (
 	"encoding/base32"
 	"strings"
 	"time"
+
+	"github.com/nimbus/gateway/targets"
 )
 
 // State is a session's lifecycle state. The only transitions are
@@ -21,57 +23,32 @@ const (
 // Valid reports whether s is one of the three states.
 func (s State) Valid() bool { return s == Open || s == Closed || s == Expired }
 
+// The vocabulary of channels and targets is the catalog's (targets owns
+// the channel matrix); these aliases keep it in the session's terms.
+
 // Channel names a kind of traffic a session carries (SPEC §1).
-type Channel string
+type Channel = targets.Channel
 
 // The four channels.
 const (
-	Stdio Channel = "stdio"
-	Files Channel = "files"
-	CDP   Channel = "cdp"
-	Page  Channel = "page"
+	Stdio = targets.Stdio
+	Files = targets.Files
+	CDP   = targets.CDP
+	Page  = targets.Page
 )
 
 // Channels lists every channel in a stable order.
-var Channels = []Channel{Stdio, Files, CDP, Page}
-
-// Valid reports whether c is a known channel.
-func (c Channel) Valid() bool {
-	for _, k := range Channels {
-		if c == k {
-			return true
-		}
-	}
-	return false
-}
+var Channels = targets.Channels
 
 // Target names what a session attaches to: exactly one of Service or
 // Sandbox is set.
-type Target struct {
-	Service *ServiceRef `json:"service,omitempty"`
-	Sandbox *SandboxRef `json:"sandbox,omitempty"`
-}
+type Target = targets.Target
 
 // ServiceRef names a service of the tenant's catalog.
-type ServiceRef struct {
-	Name string `json:"name"`
-}
+type ServiceRef = targets.ServiceRef
 
 // SandboxRef names a sandbox of the tenant's catalog.
-type SandboxRef struct {
-	ID string `json:"id"`
-}
-
-// String is "service/NAME" or "sandbox/ID", the form audit events record.
-func (t Target) String() string {
-	switch {
-	case t.Service != nil:
-		return "service/" + t.Service.Name
-	case t.Sandbox != nil:
-		return "sandbox/" + t.Sandbox.ID
-	}
-	return ""
-}
+type SandboxRef = targets.SandboxRef
 
 // Snapshot records what a session attached to at open time (SPEC §3).
 type Snapshot struct {

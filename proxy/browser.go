@@ -11,7 +11,6 @@ import (
 	"github.com/coder/websocket"
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 
 	"github.com/nimbus/gateway/channels"
 	"github.com/nimbus/gateway/lease"
@@ -26,83 +25,6 @@ import (
 // DevTools discovery endpoints (/json/version…) answer with URLs that
 // point back at the gateway.
 
-// backendPrefix starts sess.Snapshot.Backend for a browser session:
-// "chromium:<browser id>", then " page:<target id>" when the session has
-// the page channel. The snapshot is the session's only state: a
-// connection finds the browser by session id and checks it is the one
-// recorded.
-const (
-	backendPrefix = "chromium:"
-	pageMarker    = " page:"
-)
-
-// provisionBrowser is step 7 of an open on the browser service: it takes a
-// browser of the session's own and records it in sess.Snapshot.Backend;
-// with the page channel, it also creates the session's page.
-func (s *Server) provisionBrowser(ctx context.Context, sess *lease.Session) error {
-	if s.browsers == nil {
-		return problem.New(problem.Unavailable, "the browser service is not running on this gateway (no Chromium)")
-	}
-	b, err := s.browsers.Acquire(ctx, sess.TenantID, sess.ID, sess.ExpiresAt)
-	if err != nil {
-		return err
-	}
-	sess.Snapshot.Backend = backendPrefix + b.ID
-	s.watchBrowser(sess, b)
-	if sess.HasChannel(lease.Page) {
-		id, err := b.NewPage(ctx)
-		if err != nil {
-			s.browsers.Release(sess.ID)
-			return problem.Wrap(problem.Unavailable, err, "creating the session's page failed")
-		}
-		sess.Snapshot.Backend += pageMarker + id
-	}
-	return nil
-}
-
-// watchBrowser closes sess — reason "target exited", by the system,
-// audited — when its browser exits on its own (a crash, an OOM kill,
-// Browser.close from a client): issue 12 found such sessions left open
-// for their whole TTL with every connect answering 502. A browser the
-// pool killed (release, expiry, shutdown) is the session's end, not news.
-func (s *Server) watchBrowser(sess *lease.Session, b *targets.Browser) {
-	tenant, id, target := sess.TenantID, sess.ID, sess.Target.String()
-	context.AfterFunc(b.Context(), func() {
-		if b.Killed() {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		at := lease.Millis(s.now())
-		ev := lease.Event{ID: lease.NewEventID(), Time: at, TenantID: tenant, Principal: lease.SystemPrincipal,
-			Action: lease.ActionClose, Outcome: lease.Success, SessionID: id, Target: target}
-		_, err := s.sessions.CloseSession(ctx, lease.CloseRequest{
-			TenantID: tenant, ID: id, Reason: reasonTargetExited, By: lease.SystemPrincipal, At: at}, ev)
-		s.releaseBrowser(id)
-		if err != nil {
-			// Not open any more (closed or expired meanwhile), or never
-			// committed (the open failed after step 7): nothing to close.
-			s.log.Debug("closing a session whose browser exited", zap.String("sessionId", id), zap.Error(err))
-			return
-		}
-		s.log.Info("session closed: its browser exited", zap.String("sessionId", id), zap.String("tenantId", tenant))
-		s.conns.closeSession(id, causeClosed(reasonTargetExited))
-	})
-}
-
-// reasonTargetExited is the close reason of a session whose target died.
-const reasonTargetExited = "target exited"
-
-// releaseBrowser ends the browser of a session, if it has one: its whole
-// process group is killed and its profile removed. It is called when the
-// session ends (close, recorded expiry) or its open failed; the pool also
-// does it by itself at expiresAt.
-func (s *Server) releaseBrowser(sessionID string) {
-	if s.browsers != nil {
-		s.browsers.Release(sessionID)
-	}
-}
-
 // attachBrowser connects to the session's browser for the cdp channel
 // (a browser-level session on its DevTools pipe) or the page channel (a
 // session on its page), before the upgrade: a dead browser is a 502.
@@ -115,8 +37,8 @@ func (s *Server) attachBrowser(sess *lease.Session, ch lease.Channel) (backend, 
 	case lease.CDP:
 		return s.dialBrowser(sess, b, string(ch), "")
 	case lease.Page:
-		_, page, ok := strings.Cut(sess.Snapshot.Backend, pageMarker)
-		if !ok {
+		page := b.PageID()
+		if page == "" {
 			return nil, problem.New(problem.BadGateway, "session %s has no page", sess.ID)
 		}
 		return s.dialBrowser(sess, b, string(ch), page)
@@ -129,9 +51,10 @@ func (s *Server) sessionBrowser(sess *lease.Session) (*targets.Browser, error) {
 	if s.browsers == nil {
 		return nil, problem.New(problem.Unavailable, "the browser service is not running on this gateway")
 	}
-	want, _, _ := strings.Cut(strings.TrimPrefix(sess.Snapshot.Backend, backendPrefix), pageMarker)
+	// The pool's own record of which browser the session holds: a
+	// session of another gateway process (before a restart) has none.
 	b, ok := s.browsers.Lookup(sess.ID)
-	if !ok || b.ID != want {
+	if !ok {
 		return nil, problem.New(problem.BadGateway, "the browser of session %s is gone", sess.ID)
 	}
 	select {
@@ -200,7 +123,7 @@ var errBrowserGone = channels.Close(channels.StatusTargetUnavailable, "target un
 // endpoints that /json/list points at; the metrics of the pool come
 // along.
 func (s *Server) browserRoutes(r *mux.Router) {
-	for _, p := range []string{"/json/version", "/json/version/", "/json/list", "/json/list/", "/json", "/json/", "/json/protocol", "/json/protocol/"} {
+	for _, p := range channels.CDPDiscoveryPaths() {
 		r.HandleFunc("/v1/connect/{session}/cdp"+p, s.cdpDiscovery).Methods(http.MethodGet)
 	}
 	// Playwright before 1.46 appended "/json/version/" to the endpoint
@@ -272,7 +195,7 @@ func (s *Server) cdpDiscovery(w http.ResponseWriter, r *http.Request) {
 // cutDiscoverySuffix splits a token that a client glued a discovery path
 // to (see browserRoutes).
 func cutDiscoverySuffix(tok string) (string, string) {
-	for _, suffix := range []string{"/json/version/", "/json/version", "/json/list/", "/json/list", "/json/protocol/", "/json/protocol", "/json/", "/json"} {
+	for _, suffix := range channels.CDPDiscoveryPaths() {
 		if t, ok := strings.CutSuffix(tok, suffix); ok {
 			return t, suffix
 		}

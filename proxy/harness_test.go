@@ -86,7 +86,7 @@ type env struct {
 	key     ed25519.PrivateKey
 	clock   *clock
 	logs    *syncBuffer
-	expirer *lease.Expirer
+	lease   *lease.Sessions
 }
 
 type envOptions struct {
@@ -143,28 +143,32 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if err := e.catalog.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var srv *proxy.Server
-	if !o.noExpirer {
-		e.expirer = lease.NewExpirer(db, lease.ExpirerOptions{Logger: log, OnExpire: func(s *lease.Session, at time.Time) {
-			srv.SessionExpired(s, at)
-		}})
-	}
 	po := proxy.Options{
-		Sessions: db, Catalog: e.catalog, Tenants: verifier, ConnectKeys: ck, Expirer: e.expirer, Ping: db.Ping,
-		TTL: o.ttl, MaxOpenPerTenant: o.maxOpen, Logger: log, Now: e.clock.Now,
+		Sessions: db, Catalog: e.catalog, Tenants: verifier, ConnectKeys: ck, Ping: db.Ping,
+		Logger: log, Now: e.clock.Now,
 	}
 	if o.mutate != nil {
 		o.mutate(&po)
 	}
-	srv = proxy.New(po)
+	if po.Lease == nil {
+		prov := map[targets.Kind]lease.Provisioner{}
+		if po.Browsers != nil {
+			prov[targets.KindBrowser] = po.Browsers
+		}
+		po.Lease = lease.NewSessions(lease.SessionsOptions{Store: po.Sessions, Catalog: e.catalog, TTL: o.ttl,
+			MaxOpenPerTenant: o.maxOpen, Owner: strings.TrimRight(po.PublicURL, "/"), Provisioners: prov,
+			Expiry: lease.ExpirerOptions{Logger: log}, Now: po.Now, Logger: log})
+	}
+	e.lease = po.Lease
+	srv := proxy.New(po)
 	e.srv = srv
 	hs := httptest.NewServer(srv)
 	e.URL = hs.URL
 	stopExpirer := func() {}
-	if e.expirer != nil {
+	if !o.noExpirer {
 		ectx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
-		go func() { defer close(done); e.expirer.Run(ectx) }()
+		go func() { defer close(done); e.lease.RunExpiry(ectx) }()
 		stopExpirer = func() { cancel(); <-done }
 	}
 	t.Cleanup(func() {

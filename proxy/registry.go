@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"time"
+
 	"context"
 	"sync"
 
@@ -54,7 +56,7 @@ func (r *registry) add(lc *liveConn) (remove func(), err error) {
 	if len(conns) >= r.perSession {
 		e := problem.New(problem.ResourceExhausted, "session %s has %d live connections, the limit", lc.sessionID, len(conns)).
 			With("limit", r.perSession)
-		e.RetryAfter = openRetryAfter
+		e.RetryAfter = connRetryAfter
 		return nil, e
 	}
 	if conns == nil {
@@ -87,13 +89,6 @@ func (r *registry) closeSession(sessionID string, cause *channels.CloseError) in
 	return len(r.bySession[sessionID])
 }
 
-// count returns the live connections of a session.
-func (r *registry) count(sessionID string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.bySession[sessionID])
-}
-
 // closeAll ends every connection with cause and refuses new ones.
 func (r *registry) closeAll(cause *channels.CloseError) {
 	r.mu.Lock()
@@ -117,3 +112,8 @@ func (r *registry) wait(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// connRetryAfter is the Retry-After of a session at its connection
+// limit: connections end when clients leave, which a few seconds is long
+// enough to notice without hammering the gateway.
+const connRetryAfter = 5 * time.Second

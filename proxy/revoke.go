@@ -13,13 +13,18 @@ import (
 // and keeps watching until ctx ends. Ends of this replica's own closes
 // arrive too; handling them again is harmless.
 func (s *Server) WatchEnds(ctx context.Context, n lease.Notifier) error {
-	return n.WatchEnds(ctx, s.sessionEnded)
+	return n.WatchEnds(ctx, s.lease.End)
 }
 
-// sessionEnded cuts a session's local connections with the close code of
-// how it ended, and frees its browser. It only signals connections (their
-// handlers close them), so it returns at once.
+// sessionEnded is told of every session end (lease.Sessions.OnEnd), after
+// what the session held was given back: it cuts the session's local
+// connections with the close code of how it ended and feeds the
+// expiry-lag metric. It only signals connections (their handlers close
+// them), so it returns at once.
 func (s *Server) sessionEnded(end lease.SessionEnd) {
+	if !end.RecordedAt.IsZero() {
+		s.metrics.expiryLag.Observe(end.RecordedAt.Sub(end.At).Seconds())
+	}
 	var cause *channels.CloseError
 	switch end.State {
 	case lease.Expired:
@@ -28,5 +33,4 @@ func (s *Server) sessionEnded(end lease.SessionEnd) {
 		cause = causeClosed(end.Reason)
 	}
 	s.conns.closeSession(end.SessionID, cause)
-	s.releaseBrowser(end.SessionID)
 }

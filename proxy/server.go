@@ -22,15 +22,15 @@ import (
 type Options struct {
 	// Sessions persists sessions and audit events. Required.
 	Sessions lease.Store
+	// Lease holds the session use cases (open, close, the end of a
+	// session), over the same store. Required.
+	Lease *lease.Sessions
 	// Catalog resolves targets and serves the admin API. Required.
 	Catalog *targets.Catalog
 	// Tenants verifies tenant bearer tokens. Required.
 	Tenants *authn.Verifier
 	// ConnectKeys signs and verifies connect URLs. Required.
 	ConnectKeys *authn.ConnectKeys
-	// Expirer, if not nil, is notified of every opened session so that it
-	// records the expiry on time.
-	Expirer *lease.Expirer
 	// Ping reports whether the store can serve (for /readyz); nil means
 	// always ready.
 	Ping func(context.Context) error
@@ -41,11 +41,6 @@ type Options struct {
 	// asked (store.SQLite.CheckWritable).
 	Writable func(context.Context) error
 
-	// TTL is the session TTL policy: 15 min default, 1 h cap.
-	TTL lease.TTLPolicy
-	// MaxOpenPerTenant bounds the open sessions of one tenant; zero means
-	// 1000.
-	MaxOpenPerTenant int
 	// MaxConnsPerSession bounds the live connections of one session;
 	// zero means 32.
 	MaxConnsPerSession int
@@ -63,8 +58,9 @@ type Options struct {
 	// Stdio tunes the stdio channel's slow-consumer rule (SPEC §5.1):
 	// zero values mean a 1 MiB backlog and a 5 s grace.
 	Stdio channels.StdioOptions
-	// Browsers is the browser service's Chromium pool; nil means no
-	// browser service (opens on it fail at provisioning with 503).
+	// Browsers is the browser service's Chromium pool, which Lease
+	// provisions from; nil means no browser service (opens on it fail at
+	// provisioning with 503).
 	Browsers *targets.BrowserPool
 
 	// PublicURL is the base of minted connect URLs (e.g.
@@ -96,15 +92,13 @@ type Options struct {
 type Server struct {
 	// Static after construction.
 	sessions    lease.Store
+	lease       *lease.Sessions
 	catalog     *targets.Catalog
 	browsers    *targets.BrowserPool
 	tenants     *authn.Verifier
 	connectKeys *authn.ConnectKeys
-	expirer     *lease.Expirer
 	ping        func(context.Context) error
 	writable    *writeProbe // nil: not checked
-	ttl         lease.TTLPolicy
-	maxOpen     int
 	publicURL   string
 	log         *zap.Logger
 	registry    *prometheus.Registry
@@ -114,7 +108,6 @@ type Server struct {
 	metricsAPI  bool // /metrics on handler too (Options.MetricsOnAPI)
 
 	conns        *registry
-	openCounts   *openCounts
 	pingInterval time.Duration
 	pingTimeout  time.Duration
 	stdio        channels.StdioOptions
@@ -131,13 +124,13 @@ type Server struct {
 // New returns a Server for o.
 func New(o Options) *Server {
 	s := &Server{
-		sessions: o.Sessions, catalog: o.Catalog, tenants: o.Tenants, connectKeys: o.ConnectKeys,
-		expirer: o.Expirer, ping: o.Ping, ttl: o.TTL, maxOpen: o.MaxOpenPerTenant,
+		sessions: o.Sessions, lease: o.Lease, catalog: o.Catalog, tenants: o.Tenants, connectKeys: o.ConnectKeys,
+		ping:      o.Ping,
 		publicURL: strings.TrimRight(o.PublicURL, "/"), log: o.Logger, registry: o.Registry, now: o.Now,
 		browsers: o.Browsers, metricsAPI: o.MetricsOnAPI,
 	}
 	s.conns = newRegistry(o.MaxConnsPerSession)
-	s.openCounts = newOpenCounts(o.Sessions, time.Second)
+	s.lease.OnEnd(s.sessionEnded)
 	s.pingInterval, s.pingTimeout, s.stdio, s.maxFileSize = o.PingInterval, o.PingTimeout, o.Stdio, o.MaxFileSize
 	s.minFreeBytes = o.MinFreeBytes
 	if s.pingInterval == 0 {
@@ -145,9 +138,6 @@ func New(o Options) *Server {
 	}
 	if s.pingTimeout <= 0 {
 		s.pingTimeout = 15 * time.Second
-	}
-	if s.maxOpen <= 0 {
-		s.maxOpen = 1000
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -224,15 +214,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.Drain()
 	s.conns.closeAll(causeShutdown)
 	return s.conns.wait(ctx)
-}
-
-// SessionExpired is told that sess's expiry was recorded at at: it feeds
-// the expiry-lag metric and frees the session's browser, if any. Wire it
-// to lease.ExpirerOptions.OnExpire. (Connections do not wait for it: each
-// has its own deadline.)
-func (s *Server) SessionExpired(sess *lease.Session, at time.Time) {
-	s.metrics.expiryLag.Observe(at.Sub(sess.ExpiresAt).Seconds())
-	s.releaseBrowser(sess.ID)
 }
 
 func (s *Server) routes() http.Handler {

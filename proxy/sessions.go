@@ -15,13 +15,9 @@ import (
 	"github.com/nimbus/gateway/targets"
 )
 
-// openRetryAfter is the Retry-After of a tenant at its open-session limit:
-// sessions end by close or expiry, and a few seconds is long enough not to
-// hammer the gateway and short enough to notice a freed slot.
-const openRetryAfter = 5 * time.Second
-
-// openSession is POST /v1/tenants/{tenant}/sessions. Its checks run in the
-// order of SPEC §4.1, and the first failure wins.
+// openSession is POST /v1/tenants/{tenant}/sessions: it authenticates
+// (SPEC §4.1 step 1), decodes (step 2), and leaves the rest of the steps,
+// in their order, to lease.Sessions.Open.
 func (s *Server) openSession(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	p, err := s.authenticate(r)
@@ -41,23 +37,18 @@ func (s *Server) openSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.logAudit(ev.withSession(sess))
-	s.openCounts.add(p.Tenant, 1)
 	s.metrics.opened.WithLabelValues(string(kind)).Inc()
 	s.metrics.openLatency.Observe(time.Since(start).Seconds())
-	if s.expirer != nil {
-		s.expirer.Notify(sess.ExpiresAt)
-	}
 	w.Header().Set("Location", r.URL.Path+"/"+sess.ID)
 	writeJSON(w, http.StatusCreated, renderSession(sess, s.now(), connect))
 }
 
-// open runs steps 2–8 of SPEC §4.1 and commits the session with ev.
+// open decodes the body and opens the session through lease, minting its
+// connect URLs just before the commit.
 func (s *Server) open(w http.ResponseWriter, r *http.Request, p *authn.Principal, ev *auditEvent) (*lease.Session, map[string]string, targets.Kind, error) {
-	ctx := r.Context()
 	if s.draining.Load() {
 		return nil, nil, "", errDraining
 	}
-	// 2. A well-formed body.
 	body, err := readBody(w, r)
 	if err != nil {
 		return nil, nil, "", err
@@ -67,95 +58,22 @@ func (s *Server) open(w http.ResponseWriter, r *http.Request, p *authn.Principal
 		return nil, nil, "", err
 	}
 	ev.Target = req.Target.String()
-	ttl, err := s.ttl.Grant(req.RequestedTTLMs)
-	if err != nil {
-		return nil, nil, "", err
-	}
-	// 3. Authorization.
-	if err := authorizeTarget(p, req.Target); err != nil {
-		return nil, nil, "", err
-	}
-	// 4. The target exists and is ready.
-	res, err := s.catalog.Resolve(ctx, p.Tenant, req.Target)
-	if err != nil {
-		return nil, nil, "", err
-	}
-	// 5. The target offers every requested channel.
-	if err := checkChannels(req.Channels, res.Offered); err != nil {
-		return nil, nil, "", err
-	}
-	now := lease.Millis(s.now())
-	// 6. Limits.
-	n, err := s.openCounts.get(ctx, p.Tenant, now)
-	if err != nil {
-		return nil, nil, "", err
-	}
-	if n >= s.maxOpen {
-		e := problem.New(problem.ResourceExhausted, "tenant %s has %d open sessions, the limit", p.Tenant, n).
-			With("limit", s.maxOpen)
-		e.RetryAfter = openRetryAfter
-		return nil, nil, "", e
-	}
-	// 8 (prepared). The session as it will be committed.
-	sess := &lease.Session{
-		ID: lease.NewID(), TenantID: p.Tenant, CreatedAt: now, CreatedBy: p.Subject,
-		Target: req.Target, Channels: req.Channels, RequestedTTLMs: req.RequestedTTLMs,
-		TTL: ttl, ExpiresAt: now.Add(ttl), State: lease.Open,
-		Snapshot: lease.Snapshot{Generation: res.Generation, Backend: res.Backend},
-	}
-	if s.publicURL != "" && (res.Kind == targets.KindSandbox || res.Kind == targets.KindBrowser) {
-		// The workload or browser runs on this replica: its connections
-		// are served here, and other replicas relay to it.
-		sess.Owner = s.publicURL
-	}
-	if res.Service != nil {
-		sess.Snapshot.Service = res.Service.Name
-	}
-	if res.Sandbox != nil {
-		sess.Snapshot.Sandbox = res.Sandbox.ID
-	}
-	// 7. Provisioning.
-	if res.Kind == targets.KindBrowser {
-		if err := s.provisionBrowser(ctx, sess); err != nil {
-			return nil, nil, "", err
-		}
-	}
-	// 8. Commit, with the generation seen at step 4 as a precondition for
-	// dynamic services. A failed commit gives back what step 7 took.
-	var cond *lease.Precondition
-	if res.Dynamic && res.Service != nil {
-		cond = &lease.Precondition{TenantID: p.Tenant, Service: res.Service.Name, Generation: res.Generation}
-	}
-	if s.beforeCommit != nil {
-		s.beforeCommit()
-	}
-	connect, err := s.connectURLs(r, sess)
+	var connect map[string]string
+	sess, kind, err := s.lease.Open(r.Context(), lease.OpenRequest{
+		TenantID: p.Tenant, Principal: p.Subject, Target: req.Target, Channels: req.Channels,
+		RequestedTTLMs: req.RequestedTTLMs,
+		Authorize:      func(t lease.Target) error { return authorizeTarget(p, t) },
+		Prepare: func(sess *lease.Session) (err error) {
+			connect, err = s.connectURLs(r, sess)
+			return err
+		},
+		BeforeCommit: s.beforeCommit,
+	}, ev.Event)
 	if err != nil {
 		return nil, nil, "", err
 	}
 	ev.Outcome = lease.Success
-	if err := s.sessions.CreateSession(ctx, sess, ev.withSession(sess), cond); err != nil {
-		if res.Kind == targets.KindBrowser {
-			s.releaseBrowser(sess.ID)
-		}
-		return nil, nil, "", err
-	}
-	return sess, connect, res.Kind, nil
-}
-
-// checkChannels is step 5: every requested channel must be offered.
-func checkChannels(want, offered []lease.Channel) error {
-	for _, c := range want {
-		ok := false
-		for _, o := range offered {
-			ok = ok || o == c
-		}
-		if !ok {
-			return problem.New(problem.ChannelUnsupported, "the target does not offer channel %q", c).
-				With("channel", c).With("offered", offered)
-		}
-	}
-	return nil
+	return sess, connect, kind, nil
 }
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
@@ -254,12 +172,7 @@ func (s *Server) closeSession(w http.ResponseWriter, r *http.Request) {
 	s.logAudit(ev.Event)
 	if closedNow { // an idempotent repeat closes nothing
 		s.metrics.closed.Inc()
-		s.openCounts.add(p.Tenant, -1)
 	}
-	if sess.CloseReason != nil {
-		s.conns.closeSession(sess.ID, causeClosed(*sess.CloseReason))
-	}
-	s.releaseBrowser(sess.ID)
 	writeJSON(w, http.StatusOK, renderSession(sess, s.now(), nil))
 }
 
@@ -288,23 +201,9 @@ func (s *Server) close(w http.ResponseWriter, r *http.Request, p *authn.Principa
 	if len(req.Reason) > maxReason {
 		return nil, false, invalid("reason", "reason must be at most 100 bytes")
 	}
-	cur, err := s.sessions.GetSession(r.Context(), p.Tenant, ev.SessionID)
-	if err != nil {
-		return nil, false, err
-	}
-	ev.Target = cur.Target.String()
-	if err := authorizeTarget(p, cur.Target); err != nil {
-		return nil, false, err
-	}
-	ev.Outcome = lease.Success
-	at := lease.Millis(s.now())
-	sess, err = s.sessions.CloseSession(r.Context(), lease.CloseRequest{
-		TenantID: p.Tenant, ID: cur.ID, Reason: req.Reason, By: p.Subject, At: at,
-	}, ev.Event)
-	if err != nil {
-		return nil, false, err
-	}
-	return sess, cur.State == lease.Open, nil
+	return s.lease.Close(r.Context(), lease.CloseRequest{
+		TenantID: p.Tenant, ID: ev.SessionID, Reason: req.Reason, By: p.Subject, At: lease.Millis(s.now()),
+	}, func(t lease.Target) error { return authorizeTarget(p, t) }, &ev.Event)
 }
 
 // mintConnect is POST …/sessions/{id}/connect: fresh URLs for an open

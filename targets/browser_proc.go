@@ -77,8 +77,10 @@ type Browser struct {
 	mu sync.Mutex
 	// Guarded by mu. exited is set once the browser process has exited,
 	// after which its pid (and group id) may be reused and must not be
-	// signalled; killed once the pool killed it (not a crash).
+	// signalled; killed once the pool killed it (not a crash); page is
+	// the session's page target (PageID).
 	exited, killed bool
+	page           string
 
 	// Guarded by the pool's mu.
 	sessionID, tenantID string

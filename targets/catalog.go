@@ -11,7 +11,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/nimbus/gateway/lease"
 	"github.com/nimbus/gateway/problem"
 )
 
@@ -104,7 +103,7 @@ type Resolved struct {
 	// else nil.
 	Sandbox *Sandbox
 	// Offered lists the channels the target offers (Offered(Kind)).
-	Offered []lease.Channel
+	Offered []Channel
 	// Generation is the service's generation for a service target, the
 	// sandbox's for a sandbox target; the open's commit compares it.
 	Generation int64
@@ -374,7 +373,7 @@ func (c *Catalog) Close() {
 // "target") unless exactly one of t.Service and t.Sandbox is set.
 // Unavailable when a ready sandbox has no running workload yet (between a
 // restart and Start) or any more (it just exited).
-func (c *Catalog) Resolve(ctx context.Context, tenantID string, t lease.Target) (*Resolved, error) {
+func (c *Catalog) Resolve(ctx context.Context, tenantID string, t Target) (*Resolved, error) {
 	switch {
 	case (t.Service == nil) == (t.Sandbox == nil):
 		return nil, invalid("target", "exactly one of service and sandbox must be set")

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nimbus/gateway/lease"
 	"github.com/nimbus/gateway/problem"
 )
 
@@ -130,12 +129,12 @@ func TestResolve(t *testing.T) {
 		}
 	}
 	worker, _ := c.Workload("demo", "sbx-worker")
-	svc := func(name string) lease.Target { return lease.Target{Service: &lease.ServiceRef{Name: name}} }
-	sbx := func(id string) lease.Target { return lease.Target{Sandbox: &lease.SandboxRef{ID: id}} }
+	svc := func(name string) Target { return Target{Service: &ServiceRef{Name: name}} }
+	sbx := func(id string) Target { return Target{Sandbox: &SandboxRef{ID: id}} }
 
 	ok := []struct {
 		name    string
-		target  lease.Target
+		target  Target
 		kind    Kind
 		offered string
 		gen     int64
@@ -173,7 +172,7 @@ func TestResolve(t *testing.T) {
 
 	bad := []struct {
 		name   string
-		target lease.Target
+		target Target
 		code   problem.Code
 		state  string
 	}{
@@ -185,8 +184,8 @@ func TestResolve(t *testing.T) {
 		{"failed", sbx("sbx-failed"), problem.SandboxNotReady, "failed"},
 		{"stopped", sbx("sbx-stopped"), problem.SandboxNotReady, "stopped"},
 		{"other tenant", svc("worker"), problem.NotFound, ""},
-		{"no target", lease.Target{}, problem.InvalidArgument, ""},
-		{"two targets", lease.Target{Service: &lease.ServiceRef{Name: "worker"}, Sandbox: &lease.SandboxRef{ID: "sbx-worker"}}, problem.InvalidArgument, ""},
+		{"no target", Target{}, problem.InvalidArgument, ""},
+		{"two targets", Target{Service: &ServiceRef{Name: "worker"}, Sandbox: &SandboxRef{ID: "sbx-worker"}}, problem.InvalidArgument, ""},
 	}
 	for _, tt := range bad {
 		tenant := "demo"
@@ -402,7 +401,7 @@ func TestWorkloadExitFailsSandbox(t *testing.T) {
 	if w2, ok := c.Workload("t", "x"); !ok || w2 != w {
 		t.Fatal("exited workload unregistered")
 	}
-	_, err = c.Resolve(ctx, "t", lease.Target{Sandbox: &lease.SandboxRef{ID: "x"}})
+	_, err = c.Resolve(ctx, "t", Target{Sandbox: &SandboxRef{ID: "x"}})
 	wantCode(t, err, problem.SandboxNotReady)
 }
 
@@ -445,7 +444,7 @@ func TestStartAfterRestart(t *testing.T) {
 	if err := c2.Seed(ctx, DefaultConfig()); err != nil {
 		t.Fatal(err)
 	}
-	_, err = c2.Resolve(ctx, "demo", lease.Target{Service: &lease.ServiceRef{Name: "worker"}})
+	_, err = c2.Resolve(ctx, "demo", Target{Service: &ServiceRef{Name: "worker"}})
 	wantCode(t, err, problem.Unavailable) // ready in the store, no process yet
 	if err := c2.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -457,14 +456,14 @@ func TestStartAfterRestart(t *testing.T) {
 	if !ok || w2.PID() == w1.PID() || !alive(w2.PID()) {
 		t.Fatal("workload not restarted")
 	}
-	r, err := c2.Resolve(ctx, "demo", lease.Target{Service: &lease.ServiceRef{Name: "worker"}})
+	r, err := c2.Resolve(ctx, "demo", Target{Service: &ServiceRef{Name: "worker"}})
 	if err != nil || r.Backend != "local:"+itoa(w2.PID()) || r.Generation != 1 {
 		t.Fatalf("%+v, %v", r, err)
 	}
 	if sb, _ := c2.GetSandbox(ctx, "demo", "half"); sb.State != Ready {
 		t.Fatalf("pending sandbox: %+v", sb)
 	}
-	if r, err := c2.Resolve(ctx, "demo", lease.Target{Sandbox: &lease.SandboxRef{ID: "half"}}); err != nil || r.Sandbox.Root != dir+"/sandboxes/demo/half" {
+	if r, err := c2.Resolve(ctx, "demo", Target{Sandbox: &SandboxRef{ID: "half"}}); err != nil || r.Sandbox.Root != dir+"/sandboxes/demo/half" {
 		t.Fatalf("half: %+v, %v", r, err)
 	}
 	for id, st := range map[string]SandboxState{"bad": Failed, "gone": Stopped} {

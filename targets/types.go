@@ -2,8 +2,6 @@ package targets
 
 import (
 	"time"
-
-	"github.com/nimbus/gateway/lease"
 )
 
 // Kind is the kind of a service (SPEC §2).
@@ -89,12 +87,12 @@ type Sandbox struct {
 // Offered returns the channels a target of this kind offers (SPEC §2):
 // sandboxes and sandbox services offer stdio and files, the browser cdp
 // and page, everything else none.
-func Offered(k Kind) []lease.Channel {
+func Offered(k Kind) []Channel {
 	switch k {
 	case KindSandbox:
-		return []lease.Channel{lease.Stdio, lease.Files}
+		return []Channel{Stdio, Files}
 	case KindBrowser:
-		return []lease.Channel{lease.CDP, lease.Page}
+		return []Channel{CDP, Page}
 	}
-	return []lease.Channel{}
+	return []Channel{}
 }

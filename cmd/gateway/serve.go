@@ -185,14 +185,10 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	var srv *proxy.Server
-	expirer := lease.NewExpirer(db, lease.ExpirerOptions{Logger: log, OnExpire: func(s *lease.Session, at time.Time) {
-		srv.SessionExpired(s, at)
-	}})
-	srv = proxy.New(proxy.Options{
-		Sessions: db, Catalog: catalog, Tenants: verifier, ConnectKeys: ck, Expirer: expirer, Ping: db.Ping,
+	sessions := newSessions(c, db, catalog, browsers, log)
+	srv := proxy.New(proxy.Options{
+		Sessions: db, Lease: sessions, Catalog: catalog, Tenants: verifier, ConnectKeys: ck, Ping: db.Ping,
 		Writable: db.CheckWritable, MinFreeBytes: int64(c.minFreeBytes),
-		TTL: lease.TTLPolicy{Default: c.ttlDefault, Max: c.ttlMax}, MaxOpenPerTenant: c.maxSessions,
 		MaxConnsPerSession: c.maxConns, PingInterval: c.pingInterval, PingTimeout: c.pingTimeout,
 		PublicURL: c.publicURL, Logger: log, Registry: reg, Browsers: browsers,
 		MetricsOnAPI: c.metricsAddr == metricsOnAPI, MetricsTenantLabels: c.metricsTenantLabels,
@@ -222,7 +218,7 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	}
 	expCtx, cancelExp := context.WithCancel(context.Background())
 	expDone := make(chan struct{})
-	go func() { defer close(expDone); expirer.Run(expCtx) }()
+	go func() { defer close(expDone); sessions.RunExpiry(expCtx) }()
 	defer func() { cancelExp(); <-expDone }()
 
 	if devKey != nil {
@@ -249,6 +245,21 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		_ = hs.Close()
 	}
 	return nil
+}
+
+// newSessions wires the session use cases: the store, the catalog, the
+// TTL and limits, this replica's identity, and the browser pool as the
+// browser service's provisioner (when there is one).
+func newSessions(c serveConfig, db lease.Store, catalog *targets.Catalog, browsers *targets.BrowserPool, log *zap.Logger) *lease.Sessions {
+	prov := map[targets.Kind]lease.Provisioner{}
+	if browsers != nil {
+		prov[targets.KindBrowser] = browsers
+	}
+	return lease.NewSessions(lease.SessionsOptions{
+		Store: db, Catalog: catalog, TTL: lease.TTLPolicy{Default: c.ttlDefault, Max: c.ttlMax},
+		MaxOpenPerTenant: c.maxSessions, Owner: strings.TrimRight(c.publicURL, "/"), Provisioners: prov,
+		Expiry: lease.ExpirerOptions{Logger: log}, Logger: log,
+	})
 }
 
 // browserPool starts the browser service's Chromium pool. Without a

@@ -1,11 +1,9 @@
-package proxy
+package lease
 
 import (
 	"context"
 	"sync"
 	"time"
-
-	"github.com/nimbus/gateway/lease"
 )
 
 // openCounts answers "how many sessions does this tenant hold open" for
@@ -18,7 +16,7 @@ import (
 // the same slack a check-then-insert against the store already has.
 type openCounts struct {
 	// Static after construction.
-	store   lease.Store
+	store   Store
 	refresh time.Duration
 
 	// Guarded by mu.
@@ -31,7 +29,7 @@ type tenantCount struct {
 	readAt time.Time
 }
 
-func newOpenCounts(s lease.Store, refresh time.Duration) *openCounts {
+func newOpenCounts(s Store, refresh time.Duration) *openCounts {
 	return &openCounts{store: s, refresh: refresh, counts: map[string]*tenantCount{}}
 }
 
