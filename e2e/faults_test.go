@@ -208,17 +208,6 @@ func TestGatewayKill9Restart(t *testing.T) {
 	}
 }
 
-// alive reports whether pid is a live (non-zombie) process.
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && len(s) > i+2 && s[i+2] != 'Z' && s[i+2] != 'X'
-}
-
 // TestReadOnlyStore makes the SQLite store unwritable under a running
 // gateway (chattr +i on the database, its WAL and shared memory: the
 // ext4 immutable flag fails even writes through descriptors already

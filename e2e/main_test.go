@@ -7,12 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"go.uber.org/goleak"
 
 	"github.com/nimbus/gateway/store/pgtest"
@@ -89,35 +89,37 @@ func (p proc) String() string { return fmt.Sprintf("%d(%s cwd=%s)", p.pid, p.cmd
 
 // procs lists the live (non-zombie) processes of the machine.
 func procs() []proc {
-	ents, _ := os.ReadDir("/proc")
+	all, err := procfs.AllProcs()
+	if err != nil {
+		return nil
+	}
 	var out []proc
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+	for _, p := range all {
+		st, err := p.Stat()
+		if err != nil || zombie(st) {
+			continue // gone meanwhile, or exited
 		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid …; comm may hold spaces and parens.
-		s := string(stat)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) < 2 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		cwd, _ := os.Readlink("/proc/" + e.Name() + "/cwd")
-		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		out = append(out, proc{pid: pid, ppid: ppid, cwd: cwd,
-			cmd: strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))})
+		cwd, _ := p.Cwd()
+		args, _ := p.CmdLine()
+		out = append(out, proc{pid: p.PID, ppid: st.PPID, cwd: cwd,
+			cmd: strings.TrimSpace(strings.Join(args, " "))})
 	}
 	return out
 }
+
+// alive reports whether pid is a live (non-zombie) process.
+func alive(pid int) bool {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return false
+	}
+	st, err := p.Stat()
+	return err == nil && !zombie(st)
+}
+
+// zombie reports whether st is a process that has exited and is not
+// reaped yet (state Z, or X while it goes).
+func zombie(st procfs.ProcStat) bool { return st.State == "Z" || st.State == "X" }
 
 // procsIn lists the processes whose working directory is under dir: a
 // gateway started on a data dir there (it runs in its data dir), and every
