@@ -17,12 +17,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"go.uber.org/zap"
 
 	"github.com/nimbus/gateway/problem"
@@ -502,45 +502,33 @@ type ProfileProcess struct {
 
 // ProfileProcesses lists, from /proc, the live processes whose command
 // line has --user-data-dir=dir (with prefix: a directory under dir). A
-// zombie has no command line and is not listed. Tests use it to check that
-// no Chromium outlives its session.
+// zombie is not listed. Tests use it to check that no Chromium outlives
+// its session.
 func ProfileProcesses(dir string, prefix bool) []ProfileProcess {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
 	var out []ProfileProcess
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
+	walkProcs(false, func(p procfs.Proc, _ procfs.ProcStat) {
+		args, err := p.CmdLine()
 		if err != nil {
-			continue
+			return // gone meanwhile
 		}
-		raw, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		for _, arg := range bytes.Split(raw, []byte{0}) {
-			v, ok := bytes.CutPrefix(arg, []byte("--user-data-dir="))
+		for _, arg := range args {
+			d, ok := strings.CutPrefix(arg, "--user-data-dir=")
 			if !ok {
 				continue
 			}
-			if d := string(v); d == dir || (prefix && strings.HasPrefix(d, dir)) {
-				out = append(out, ProfileProcess{PID: pid, Dir: d})
+			if d == dir || (prefix && strings.HasPrefix(d, dir)) {
+				out = append(out, ProfileProcess{PID: p.PID, Dir: d})
 			}
 			break
 		}
-	}
+	})
 	return out
 }
 
 // processAlive reports whether pid is a live (non-zombie) process.
 func processAlive(pid int) bool {
-	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(raw, ')')
-	return i >= 0 && i+2 < len(raw) && raw[i+2] != 'Z' && raw[i+2] != 'X'
+	st, ok := procStat(pid)
+	return ok && !zombie(st)
 }
 
 func newBrowserID() string {
