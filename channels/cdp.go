@@ -2,7 +2,6 @@ package channels
 
 import (
 	"context"
-	"time"
 
 	"github.com/coder/websocket"
 
@@ -31,13 +30,15 @@ type CDPOptions struct {
 
 // RelayCDP carries raw CDP between an upgraded client and the browser
 // side of its connection, message by message, until one side ends or ctx
-// does. Messages are whole, not streamed frame by frame: the browser's
-// pipe carries complete JSON messages, which the gateway renumbers and
-// routes (targets/cdp_pipe.go). It returns how the client must be closed:
+// does: a Pipe whose far side is upstream. Messages are whole, not
+// streamed frame by frame: the browser's pipe carries complete JSON
+// messages, which the gateway renumbers and routes (targets/cdp_pipe.go).
+// It returns how the client was closed (Pipe's end rule):
 // Close(4502, "target unavailable") when the browser side closed or died,
 // nil when the client closed or vanished, context.Cause(ctx) when ctx
-// ended (the caller puts a *CloseError there: 4408, 4410, 1001…). A
-// client message over MaxCDPMessage closes the client with 1009.
+// ended (the caller puts a *CloseError there: 4408, 4410, 1001…; any
+// other cause is 1001). A client message over MaxCDPMessage closes the
+// client with 1009.
 //
 // RelayCDP closes both sides itself before it returns — the client with
 // the code it returns — because coder/websocket unblocks a pending Read
@@ -47,104 +48,60 @@ type CDPOptions struct {
 // (SPEC §5), so does the close handshake; then the TCP connection is cut.
 func RelayCDP(ctx context.Context, client *websocket.Conn, upstream CDPUpstream, o CDPOptions) error {
 	client.SetReadLimit(MaxCDPMessage)
-	// Cancelling a coder/websocket read or write context closes the
-	// connection, so the client's operations run under a context
-	// cancelled only to cut it.
-	cctx, cutClient := context.WithCancel(context.WithoutCancel(ctx))
-	defer cutClient()
+	// The browser side's operations run under a context cancelled to cut
+	// it (Far.cut), with upstream.Close.
 	uctx, cutUpstream := context.WithCancel(context.WithoutCancel(ctx))
 	defer cutUpstream()
-
-	down := make(chan copyEnd, 1) // browser → client
-	up := make(chan copyEnd, 1)   // client → browser
-	go func() { down <- copyDown(uctx, upstream, cctx, client, o.OnBytes) }()
-	go func() { up <- copyUp(cctx, client, uctx, upstream, o.OnBytes) }()
-
-	var err error
-	downRunning, upRunning := true, true
-	select {
-	case e := <-down:
-		downRunning = false
-		if e.readErr != nil {
-			err = errTargetGone // the browser side closed or died
-		}
-	case e := <-up:
-		upRunning = false
-		if e.writeErr != nil {
-			err = errTargetGone
-		}
-	case <-ctx.Done():
-	}
-	if ctx.Err() != nil {
-		// Whatever else happened, the session's end is the news: a close
-		// through the API kills the browser too.
-		err = context.Cause(ctx)
-	}
-
-	// The browser side is disposable: cut it, which also stops the
-	// browser → client copier between messages.
-	_ = upstream.Close()
-	cutUpstream()
-	// One second in all (SPEC §5) for the message in flight to a client
-	// that may not be reading and for the close handshake, then the
-	// connection is cut.
-	t := time.AfterFunc(closeLinger, cutClient)
-	if downRunning {
-		<-down
-	}
-	if ce, ok := AsClose(err); ok {
-		_ = client.Close(ce.Code, ce.Reason)
-	} else {
-		_ = client.CloseNow()
-	}
-	t.Stop()
-	if upRunning {
-		<-up
-	}
-	return err
+	return Pipe(ctx, client, &cdpFar{browser: upstream, ctx: uctx, cancel: cutUpstream}, PipeOptions{OnBytes: o.OnBytes})
 }
 
-// errTargetGone closes a client whose browser went away.
+// errTargetGone closes a client whose target went away.
 var errTargetGone = Close(StatusTargetUnavailable, "target unavailable")
 
-// copyEnd says which side of a copier failed.
-type copyEnd struct {
-	readErr, writeErr error
+// cdpFar is the Far of a CDPUpstream: whole messages both ways.
+type cdpFar struct {
+	browser CDPUpstream
+	ctx     context.Context // of the upstream's operations
+	cancel  context.CancelFunc
 }
 
-// copyDown copies the browser side's messages to the client, as text
-// (CDP is JSON), until one side fails.
-func copyDown(uctx context.Context, src CDPUpstream, cctx context.Context, dst *websocket.Conn, onBytes func(string, int)) copyEnd {
-	for {
-		msg, err := src.Read(uctx)
-		if err != nil {
-			return copyEnd{readErr: err}
-		}
-		if err := dst.Write(cctx, websocket.MessageText, msg); err != nil {
-			return copyEnd{writeErr: err}
-		}
-		if onBytes != nil {
-			onBytes("out", len(msg))
-		}
+var _ Far = (*cdpFar)(nil)
+
+// down copies the browser side's next message to the client, as text
+// (CDP is JSON).
+func (f *cdpFar) down(cctx context.Context, client *websocket.Conn) (int64, copyEnd) {
+	msg, err := f.browser.Read(f.ctx)
+	if err != nil {
+		return 0, copyEnd{far: err}
 	}
+	if err := client.Write(cctx, websocket.MessageText, msg); err != nil {
+		return 0, copyEnd{client: err}
+	}
+	return int64(len(msg)), copyEnd{}
 }
 
-// copyUp copies the client's messages, text or binary, to the browser
-// side until one side fails.
-func copyUp(cctx context.Context, src *websocket.Conn, uctx context.Context, dst CDPUpstream, onBytes func(string, int)) copyEnd {
-	for {
-		_, msg, err := src.Read(cctx)
-		if err != nil {
-			return copyEnd{readErr: err}
-		}
-		if err := dst.Write(uctx, msg); err != nil {
-			return copyEnd{writeErr: err}
-		}
-		if onBytes != nil {
-			onBytes("in", len(msg))
-		}
+// up copies the client's next message, text or binary, to the browser
+// side.
+func (f *cdpFar) up(cctx context.Context, client *websocket.Conn) (int64, copyEnd) {
+	_, msg, err := client.Read(cctx)
+	if err != nil {
+		return 0, copyEnd{client: err}
 	}
+	if err := f.browser.Write(f.ctx, msg); err != nil {
+		return 0, copyEnd{far: err}
+	}
+	return int64(len(msg)), copyEnd{}
 }
+
+// cut lets go of the browser side, which also stops the browser → client
+// copier between messages.
+func (f *cdpFar) cut() {
+	_ = f.browser.Close()
+	f.cancel()
+}
+
+// closed: a browser side that ended, however, is 4502.
+func (f *cdpFar) closed(...error) *CloseError { return errTargetGone }
 
 // cdpUnavailable is the error of a discovery request the browser did not
 // answer.

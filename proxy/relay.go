@@ -124,8 +124,9 @@ func ownerProblem(resp *http.Response) *problem.Error {
 	return pe
 }
 
-// relayBackend carries a client's connection to the owner's, frame by
-// frame both ways, and passes the owner's close code through.
+// relayBackend carries a client's connection to the owner's: a
+// channels.Pipe, frame by frame both ways, that passes the owner's close
+// code through.
 type relayBackend struct {
 	up *websocket.Conn
 }
@@ -141,85 +142,7 @@ func (b *relayBackend) release() { _ = b.up.CloseNow() }
 
 func (b *relayBackend) serve(ctx context.Context, conn *websocket.Conn) error {
 	conn.SetReadLimit(maxRelayMessage)
-	// The copiers run under a context that is never cancelled: cancelling
-	// a coder/websocket read or write closes the connection, and the client
-	// must still get its close frame. They end when a side closes.
-	cctx := context.WithoutCancel(ctx)
-	errs := make(chan error, 2)
-	go func() { errs <- copyMessages(cctx, conn, b.up, true) }()  // owner → client
-	go func() { errs <- copyMessages(cctx, b.up, conn, false) }() // client → owner
-	pending := 2
-	var first error
-	select {
-	case first = <-errs:
-		pending--
-	case <-ctx.Done():
-	}
-	var ce *channels.CloseError
-	var wce websocket.CloseError
-	switch {
-	case ctx.Err() != nil:
-		// This replica ends the connection (expiry, close, shutdown).
-		ce, _ = channels.AsClose(context.Cause(ctx))
-		if ce == nil {
-			ce = causeShutdown
-		}
-	case isFromOwner(first) && errors.As(first, &wce):
-		// The owner closed: the client gets the same code and reason.
-		ce = channels.Close(wce.Code, wce.Reason)
-	case isFromOwner(first):
-		ce = channels.Close(channels.StatusTargetUnavailable, "target unavailable")
-	}
-	_ = b.up.CloseNow()
-	// The client→owner copier is blocked reading the client: the close
-	// handshake (or the cut) ends it.
-	if ce != nil {
-		closeWithin(conn, ce)
-	} else {
-		_ = conn.CloseNow()
-	}
-	for ; pending > 0; pending-- {
-		<-errs
-	}
-	if ce != nil {
-		return ce
-	}
-	return nil
-}
-
-// ownerSide marks copy errors of reads from the owner.
-type ownerSide struct{ error }
-
-func (o ownerSide) Unwrap() error { return o.error }
-
-func isFromOwner(err error) bool {
-	var o ownerSide
-	return errors.As(err, &o)
-}
-
-// copyMessages copies messages from src to dst without buffering whole
-// messages, until either side fails. Errors reading from the owner are
-// marked so serve can pass its close code through.
-func copyMessages(ctx context.Context, dst, src *websocket.Conn, fromOwner bool) error {
-	for {
-		typ, rd, err := src.Reader(ctx)
-		if err != nil {
-			if fromOwner {
-				return ownerSide{err}
-			}
-			return err
-		}
-		wr, err := dst.Writer(ctx, typ)
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(wr, rd); err != nil {
-			return err
-		}
-		if err := wr.Close(); err != nil {
-			return err
-		}
-	}
+	return channels.Pipe(ctx, conn, channels.WebSocketFar(b.up), channels.PipeOptions{})
 }
 
 // proxyToOwner forwards a plain HTTP request of a session (the files
