@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/nimbus/gateway/channels"
+	"github.com/nimbus/gateway/lease"
 	"github.com/nimbus/gateway/proxy"
 	"github.com/nimbus/gateway/targets"
 )
@@ -524,6 +526,13 @@ func TestBrowserCrash(t *testing.T) {
 	if !ok {
 		t.Fatal("no browser")
 	}
+	ended := make(chan struct{})
+	var once sync.Once
+	e.lease.OnEnd(func(end lease.SessionEnd) {
+		if end.SessionID == s.id {
+			once.Do(func() { close(ended) })
+		}
+	})
 	start := time.Now()
 	if err := syscall.Kill(b.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -536,8 +545,24 @@ func TestBrowserCrash(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("4502 took %v", d)
 	}
-	if code := connectStatus(t, s.urls["cdp"]); code != http.StatusBadGateway {
-		t.Fatalf("connect to a dead browser: %d, want 502", code)
+	// A browser that died on its own closes its session (issue 12: it
+	// used to stay open, every connect answering 502): closed by the
+	// system with reason "target exited", and a connect is then 409.
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session did not end after its browser died")
+	}
+	sess, err := e.db.GetSession(t.Context(), "demo", s.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sess == nil || sess.State != lease.Closed || sess.CloseReason == nil || *sess.CloseReason != lease.ReasonTargetExited ||
+		sess.ClosedBy == nil || *sess.ClosedBy != lease.SystemPrincipal {
+		t.Fatalf("session after its browser died: %+v", sess)
+	}
+	if code := connectStatus(t, s.urls["cdp"]); code != http.StatusConflict {
+		t.Fatalf("connect to a session whose browser died: %d, want 409", code)
 	}
 }
 
