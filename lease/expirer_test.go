@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -36,7 +37,16 @@ func newSession(tenant string, ttl time.Duration) *lease.Session {
 // TestExpirerSchedules: expiries are recorded close to expiresAt, in
 // order, and an idle expirer does not poll: over the whole test it asks
 // the store a handful of times, not once a second per session.
+//
+// It runs in a synctest bubble: the expirer's timer and the test's
+// waits are on the bubble's clock, which moves only when every goroutine
+// in the bubble is blocked, so a loaded machine cannot make an expiry look
+// late or an idle expirer look busy.
 func TestExpirerSchedules(t *testing.T) {
+	synctest.Test(t, testExpirerSchedules)
+}
+
+func testExpirerSchedules(t *testing.T) {
 	db, err := store.OpenSQLite(t.TempDir() + "/n.db")
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +77,8 @@ func TestExpirerSchedules(t *testing.T) {
 		}
 		e.Notify(s.ExpiresAt)
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Wait until the expirer has swept and is asleep on its timer.
+	synctest.Wait()
 	var soon []*lease.Session
 	for _, ttl := range []time.Duration{300 * time.Millisecond, 600 * time.Millisecond, 900 * time.Millisecond} {
 		s := newSession("t", ttl)
@@ -85,8 +96,10 @@ func TestExpirerSchedules(t *testing.T) {
 		}
 	}
 	// Past the last expiry, a window in which a polling expirer would
-	// still be asking the store.
+	// still be asking the store. In the bubble this sleep waits for no
+	// event: it moves the fake clock 300 ms on once everything is idle.
 	time.Sleep(300 * time.Millisecond)
+	synctest.Wait()
 	mu.Lock()
 	defer mu.Unlock()
 	if len(lags) != 3 {
