@@ -99,7 +99,10 @@ func TestConnectRefusals(t *testing.T) {
 
 	first := dial(t, urlsB["stdio"]) // holds B's only connection slot
 	_ = first
-	time.Sleep(1100 * time.Millisecond) // the short session is over
+	// The short session is over: on the server's clock, which decides
+	// whether a session is open, not on a sleep that a loaded machine
+	// can stretch or the Expirer can race.
+	e.clock.Advance(1100 * time.Millisecond)
 
 	cases := []struct {
 		name   string
@@ -363,24 +366,51 @@ func TestPingDropsDeadPeer(t *testing.T) {
 	t.Logf("dead peer dropped after %v", time.Since(start))
 	// A live client on the same settings stays connected through pings:
 	// it reads all the time, which is when coder/websocket answers them.
-	s := dial(t, urls["stdio"])
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// It counts the pings it answers, so the test waits for several ping
+	// rounds rather than for a time in which they should have happened.
+	const rounds = 5
+	pinged := make(chan struct{}, rounds)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	conn, _, err := websocket.Dial(ctx, urls["stdio"], &websocket.DialOptions{
+		Subprotocols: []string{client.StdioProtocol},
+		OnPingReceived: func(context.Context, []byte) bool {
+			select {
+			case pinged <- struct{}{}:
+			default:
+			}
+			return true // answer it
+		},
+	})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.CloseNow()
 	echoed := make(chan error, 1)
 	go func() {
 		var out []byte
 		for !bytes.Contains(out, []byte("still here")) {
-			_, data, err := s.Next(ctx)
+			_, data, err := conn.Read(ctx)
 			if err != nil {
 				echoed <- err
 				return
 			}
-			out = append(out, data...)
+			if len(data) > 0 && data[0] == client.StreamStdout {
+				out = append(out, data[1:]...)
+			}
 		}
 		echoed <- nil
 	}()
-	time.Sleep(600 * time.Millisecond) // several ping intervals
-	if _, err := s.Write([]byte("still here\n")); err != nil {
+	for range rounds {
+		select {
+		case <-pinged:
+		case err := <-echoed:
+			t.Fatalf("live client lost between pings: %v", err)
+		case <-ctx.Done():
+			t.Fatal("the live client was not pinged")
+		}
+	}
+	if err := conn.Write(ctx, websocket.MessageBinary, append([]byte{client.StreamStdin}, "still here\n"...)); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-echoed; err != nil {
@@ -416,9 +446,12 @@ func TestConnectAudit(t *testing.T) {
 	s := dial(t, urls["stdio"])
 	e.do(http.MethodPost, "/v1/tenants/demo/sessions/"+sid+"/close", tok, nil)
 	_, _, _ = drain(t, s, 5*time.Second)
-	deadline := time.Now().Add(3 * time.Second)
-	for len(e.auditFor(sid, "session.disconnect")) == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	// The disconnect is recorded after the close frame went out; Shutdown
+	// returns once every connection has finished, its record included.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
 	}
 	if c := e.auditFor(sid, "session.connect"); len(c) != 1 || c[0]["principal"] != "alice" {
 		t.Fatalf("connect events %v", c)
