@@ -54,11 +54,8 @@ func TestKillOrphans(t *testing.T) {
 	if err := gw.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; alive(gw.Process.Pid); i++ {
-		if i > 2000 {
-			t.Fatal("the stand-in gateway did not die")
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !exitsWithin(gw.Process.Pid, 10*time.Second) {
+		t.Fatal("the stand-in gateway did not die")
 	}
 	// Its workload, leader of its session, left three children.
 	pr, pw, err := os.Pipe()
@@ -109,12 +106,8 @@ func TestKillOrphans(t *testing.T) {
 		t.Errorf("killed %d processes, want at least the 3 orphans", n)
 	}
 	for i, pid := range kids {
-		for j := 0; alive(pid); j++ {
-			if j > 400 {
-				t.Errorf("orphan %d (%d) survived the sweep", i, pid)
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
+		if !exitsWithin(pid, 2*time.Second) {
+			t.Errorf("orphan %d (%d) survived the sweep", i, pid)
 		}
 	}
 	for _, c := range []*exec.Cmd{mine, stranger} {

@@ -2,7 +2,6 @@ package targets
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const helperEnv = "NIMBUS_TARGETS_TEST_HELPER"
@@ -41,23 +42,39 @@ func runHelper() {
 }
 
 // alive reports whether pid is a live (non-zombie) process.
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
-}
+func alive(pid int) bool { return processAlive(pid) }
 
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("process %d still alive", pid)
+	if !exitsWithin(pid, 5*time.Second) {
+		t.Fatalf("process %d still alive", pid)
+	}
+}
+
+// exitsWithin waits up to d for pid to exit and reports whether it did (a
+// zombie has exited; so has a pid no longer there). It waits on a pidfd,
+// which the kernel makes readable when the process exits, rather than
+// polling /proc.
+func exitsWithin(pid int, d time.Duration) bool {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return true // already reaped
+	}
+	if err != nil {
+		panic(fmt.Sprintf("pidfd_open(%d): %v", pid, err))
+	}
+	defer unix.Close(fd)
+	deadline := time.Now().Add(d)
+	for {
+		ms := max(0, int(time.Until(deadline).Milliseconds()))
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, ms)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			panic(fmt.Sprintf("poll on the pidfd of %d: %v", pid, err))
 		}
-		time.Sleep(10 * time.Millisecond)
+		return n > 0
 	}
 }
 
@@ -86,8 +103,10 @@ func TestParentDeathKillsWorkload(t *testing.T) {
 	if !sc.Scan() || sc.Text() != "churned" {
 		t.Fatalf("helper: %q", sc.Text())
 	}
-	time.Sleep(50 * time.Millisecond)
-	if !alive(pid) {
+	// The threads' exits reach the kernel shortly after "churned"; a
+	// parent-death signal tied to one of them would kill the workload
+	// within this window.
+	if exitsWithin(pid, 50*time.Millisecond) {
 		t.Fatal("workload died while the gateway retired threads")
 	}
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
