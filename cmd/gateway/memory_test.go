@@ -46,7 +46,7 @@ func idleStdioMemory(b *testing.B, n int) (perConn, afterGC float64) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cmd := exec.Command(os.Args[0], "serve", "--addr", addr, "--data-dir", dir, "--log-level", "error",
+	cmd := exec.Command(os.Args[0], "serve", "--addr", addr, "--data-dir", dir, "--log-level", "error", "--metrics-addr", "off",
 		"--max-conns-per-session", strconv.Itoa(n+10))
 	cmd.Env = append(os.Environ(), childEnv+"=1")
 	if err := cmd.Start(); err != nil {

@@ -82,6 +82,8 @@ export async function startGateway(opts: StartOptions = {}): Promise<Gateway> {
     [
       "serve", "--addr", `127.0.0.1:${port}`, "--data-dir", dataDir, "--log-level", "warn",
       "--browser-warm", "-1",
+      // Several gateways run at once: none takes the fixed default metrics port.
+      "--metrics-addr", "off",
       ...(opts.args ?? []),
     ],
     { stdio: ["ignore", "pipe", "pipe"] },
