@@ -225,7 +225,7 @@ func (s *stdio) output(stop, wctx context.Context, sub *targets.Subscription) er
 	switch {
 	case errors.Is(err, io.EOF):
 		ex := s.w.Exit()
-		m := exitMessage{Type: "exit", Code: ex.Code}
+		m := exitMessage{Type: "exit", Code: ex.Code, Reason: ex.Reason}
 		if ex.Signal != "" {
 			m.Signal = &ex.Signal
 		}
@@ -336,6 +336,8 @@ type (
 		Type   string  `json:"type"`
 		Code   int     `json:"code"`
 		Signal *string `json:"signal"` // null when the process exited by itself
+		// Reason is exited, signaled or oom (SPEC §9.2).
+		Reason targets.ExitReason `json:"reason"`
 	}
 )
 

@@ -127,6 +127,11 @@ type SandboxSpec struct {
 	TTY bool `json:"tty"`
 	// Env adds KEY=VALUE entries to the workload's minimal environment.
 	Env []string `json:"env,omitempty"`
+	// Resources are the workload's limits (SPEC §9.2); zero fields take
+	// the gateway's defaults.
+	Resources Resources `json:"resources"`
+	// Network is none (the default) or egress (SPEC §9.3).
+	Network Network `json:"network,omitempty"`
 }
 
 type sandboxKey struct{ tenantID, id string }

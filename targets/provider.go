@@ -371,12 +371,16 @@ func waitExited(pid int) error {
 
 func exitStatus(ps *os.ProcessState) ExitStatus {
 	if ps == nil {
-		return ExitStatus{Code: -1}
+		return ExitStatus{Code: -1, Reason: ReasonExited}
 	}
 	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return ExitStatus{Code: 128 + int(ws.Signal()), Signal: unix.SignalName(ws.Signal())}
+		return signaledStatus(ws.Signal())
 	}
-	return ExitStatus{Code: ps.ExitCode()}
+	return ExitStatus{Code: ps.ExitCode(), Reason: ReasonExited}
+}
+
+func signaledStatus(sig syscall.Signal) ExitStatus {
+	return ExitStatus{Code: 128 + int(sig), Signal: unix.SignalName(sig), Reason: ReasonSignaled}
 }
 
 // workloadEnv is the minimal environment of sb's process: the gateway's own

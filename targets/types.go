@@ -75,8 +75,20 @@ type Sandbox struct {
 	// Root is the sandbox's file root and the workload's working
 	// directory; assigned by the provider.
 	Root string `json:"root,omitempty"`
+	// Resources are the workload's limits as asked for (zero fields:
+	// the gateway's defaults).
+	Resources Resources `json:"resources"`
+	// Network is what the workload can reach; "" reads as none.
+	Network Network `json:"network,omitempty"`
 	// Error says why a failed sandbox failed.
-	Error     string    `json:"error,omitempty"`
+	Error string `json:"error,omitempty"`
+	// Reason says how a failed sandbox's workload ended (exited,
+	// signaled, oom); "" when it never ran or has not ended.
+	Reason ExitReason `json:"reason,omitempty"`
+	// Usage is what a running workload uses now; filled in by
+	// Catalog.GetSandbox from its cgroups, never stored, nil without
+	// them (the process runtime).
+	Usage     *Usage    `json:"usage,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
 	// UID is the user id of the sandbox's own from Options.UIDs (0:
 	// none), set only through Store.SetSandboxUID. Stored, not derived,

@@ -46,6 +46,9 @@ type ExitStatus struct {
 	// Signal names the signal that killed the process ("SIGKILL"), or is
 	// "" when it exited by itself.
 	Signal string `json:"signal,omitempty"`
+	// Reason is exited or signaled, or oom when the kernel killed it for
+	// its memory limit (only a container has one).
+	Reason ExitReason `json:"reason"`
 }
 
 // WorkloadStats are a workload's counters, for the lead's Prometheus

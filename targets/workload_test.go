@@ -108,7 +108,7 @@ func TestWorkloadSeqCompleteInOrder(t *testing.T) {
 		t.Fatalf("got %d bytes stdout, %d stderr; want %d", len(out), len(errOut), len(seqOutput(200000, "\n")))
 	}
 	waitDone(t, w, time.Second) // EOF implies Done
-	if st := w.Exit(); st != (ExitStatus{Code: 0}) {
+	if st := w.Exit(); st != (ExitStatus{Code: 0, Reason: ReasonExited}) {
 		t.Fatalf("exit = %+v", st)
 	}
 	if st := w.Stats(); st.BytesOut != uint64(len(out)) {
@@ -125,7 +125,7 @@ func TestWorkloadExitCodeAndStderr(t *testing.T) {
 	if err != io.EOF || string(out) != "out\n" || string(errOut) != "err\n" {
 		t.Fatalf("out %q err %q: %v", out, errOut, err)
 	}
-	if st := w.Exit(); st != (ExitStatus{Code: 3}) {
+	if st := w.Exit(); st != (ExitStatus{Code: 3, Reason: ReasonExited}) {
 		t.Fatalf("exit = %+v", st)
 	}
 	if err := w.Signal(syscall.SIGTERM); !errors.Is(err, os.ErrProcessDone) {
@@ -140,7 +140,7 @@ func TestWorkloadKilledBySignal(t *testing.T) {
 	t.Parallel()
 	w := startT(t, false, "sleep", "100")
 	w.Stop(2 * time.Second)
-	if st := w.Exit(); st != (ExitStatus{Code: 128 + 15, Signal: "SIGTERM"}) {
+	if st := w.Exit(); st != (ExitStatus{Code: 128 + 15, Signal: "SIGTERM", Reason: ReasonSignaled}) {
 		t.Fatalf("exit = %+v", st)
 	}
 	if err := syscall.Kill(w.PID(), 0); !errors.Is(err, syscall.ESRCH) {

@@ -4,7 +4,7 @@
 // It runs the real binary: `go build ./cmd/gateway`, `gateway serve`,
 // `gateway token mint`.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createServer } from 'node:net';
@@ -32,13 +32,17 @@ async function freePort() {
  */
 export async function startGateway({ warm = 2 } = {}) {
   const tmp = mkdtempSync(join(tmpdir(), 'nimbus-e2e-'));
+  // The browsers' own users must reach <data>/browsers, where the process
+  // counts below look; from a 0700 folder the gateway would put the
+  // profiles in a folder of its own under $TMPDIR instead.
+  chmodSync(tmp, 0o711);
   const dataDir = join(tmp, 'data');
   const bin = build(tmp);
   const port = await freePort();
   const config = join(tmp, 'catalog.yaml');
   writeFileSync(config, 'tenants:\n  - id: demo\n    services:\n      - {name: browser, kind: browser}\n');
   const child = spawn(bin, ['serve', '--addr', `127.0.0.1:${port}`, '--data-dir', dataDir, '--config', config,
-    '--browser-warm', String(warm > 0 ? warm : -1)], { stdio: ['ignore', 'ignore', 'inherit'] });
+    '--browser-warm', String(warm > 0 ? warm : -1), '--metrics-addr', 'off'], { stdio: ['ignore', 'ignore', 'inherit'] });
   const url = `http://127.0.0.1:${port}`;
   await waitReady(url);
   const token = execFileSync(bin, ['token', 'mint', '--data-dir', dataDir, '--tenant', 'demo', '--subject', 't', '--service', 'browser'])

@@ -31,6 +31,11 @@ export interface StdioExit {
   code: number;
   /** The signal that killed it, e.g. "SIGKILL"; null when it exited by itself. */
   signal: string | null;
+  /**
+   * How it ended: "exited", "signaled", or "oom" when the kernel killed it
+   * for going over its memory limit (a runc sandbox's cgroup).
+   */
+  reason: "exited" | "signaled" | "oom";
 }
 
 /**
@@ -198,14 +203,15 @@ export class StdioConnection {
       // Copy: the buffer may be reused by the WebSocket implementation.
       this.#emitData({ stream: kind === STDOUT ? "stdout" : "stderr", data: b.slice(1) });
     } else if (kind === CONTROL) {
-      let m: { type?: string; code?: number; signal?: string | null };
+      let m: { type?: string; code?: number; signal?: string | null; reason?: StdioExit["reason"] };
       try {
         m = JSON.parse(new TextDecoder().decode(b.subarray(1)));
       } catch {
         return;
       }
       if (m.type === "exit") {
-        this.#exit = { code: m.code ?? 0, signal: m.signal ?? null };
+        const signal = m.signal ?? null;
+        this.#exit = { code: m.code ?? 0, signal, reason: m.reason ?? (signal === null ? "exited" : "signaled") };
         this.#resolveExit(this.#exit);
         for (const fn of this.#listeners.exit) fn(this.#exit);
       }

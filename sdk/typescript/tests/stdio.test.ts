@@ -77,7 +77,7 @@ describe("stdio", () => {
     const out = (stream: string) => chunks.filter((c) => c.stream === stream).map((c) => dec.decode(c.data)).join("");
     assert.equal(out("stdout"), "hi bob\n");
     assert.equal(out("stderr"), "oops\n");
-    assert.deepEqual(await conn.exited, { code: 3, signal: null });
+    assert.deepEqual(await conn.exited, { code: 3, signal: null, reason: "exited" });
     const closed = await conn.closed;
     assert.equal(closed.code, 1000);
     assert.equal(conn.open, false);
@@ -129,7 +129,7 @@ describe("stdio", () => {
     cat.write(new TextEncoder().encode("abc"));
     await got;
     cat.end();
-    assert.deepEqual(await cat.exited, { code: 0, signal: null });
+    assert.deepEqual(await cat.exited, { code: 0, signal: null, reason: "exited" });
 
     const trap = await nimbus.stdio.attach(await openOn({ sandbox: { id: "sbx-trap" } }));
     await readUntil(trap, /ready/);
@@ -137,7 +137,7 @@ describe("stdio", () => {
     trap.signal("SIGINT");
     const text = await readUntil(trap, /got INT/);
     assert.match(text, /got INT/);
-    assert.deepEqual(await exit, { code: 7, signal: null });
+    assert.deepEqual(await exit, { code: 7, signal: null, reason: "exited" });
     assert.equal((await trap.closed).code, 1000);
   });
 
