@@ -36,6 +36,8 @@ func (c *Catalog) CreateSandbox(ctx context.Context, tenantID string, spec Sandb
 		Command:   slices.Clone(spec.Command),
 		TTY:       spec.TTY,
 		Env:       slices.Clone(spec.Env),
+		Resources: spec.Resources,
+		Network:   spec.Network,
 		Root:      c.root(tenantID, spec.ID),
 		UpdatedAt: c.now(),
 	})
