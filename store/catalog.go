@@ -130,6 +130,7 @@ func (s *SQLite) CreateSandbox(ctx context.Context, sb targets.Sandbox) (targets
 	if sb.State == "" {
 		sb.State = targets.Pending
 	}
+	sb.Reason, sb.Usage = "", nil // neither is the caller's to store
 	sb.UpdatedAt = lease.Millis(s.now())
 	err = s.exec(ctx, func(ctx context.Context, tx *wtx) error {
 		var state string
@@ -148,12 +149,16 @@ func (s *SQLite) CreateSandbox(ctx context.Context, sb targets.Sandbox) (targets
 		default:
 			return problem.New(problem.AlreadyExists, "sandbox %s already exists", sb.ID).With("state", state)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO sandboxes (`+sandboxColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
+		_, err = tx.ExecContext(ctx, `INSERT INTO sandboxes (`+sandboxColumns+`)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, '')
 			ON CONFLICT (tenant_id, id) DO UPDATE SET state = excluded.state, generation = excluded.generation,
 				command = excluded.command, tty = excluded.tty, env = excluded.env, root = excluded.root,
-				error = excluded.error, updated_at = excluded.updated_at`,
+				error = excluded.error, updated_at = excluded.updated_at,
+				memory_bytes = excluded.memory_bytes, pids = excluded.pids, cpus = excluded.cpus,
+				network = excluded.network, reason = excluded.reason`,
 			sb.TenantID, sb.ID, string(sb.State), sb.Generation, string(command), sb.TTY, string(env),
-			sb.Root, sb.Error, ms(sb.UpdatedAt))
+			sb.Root, sb.Error, ms(sb.UpdatedAt),
+			int64(sb.Resources.Memory), sb.Resources.PIDs, sb.Resources.CPUs, string(sb.Network))
 		return storeErr(err, "create sandbox "+sb.ID)
 	})
 	if err != nil {
@@ -163,16 +168,29 @@ func (s *SQLite) CreateSandbox(ctx context.Context, sb targets.Sandbox) (targets
 }
 
 // SetSandboxState implements targets.Store. reason is kept as Error only
-// for failed; any other state clears Error. UpdatedAt is set to now.
+// for failed; any other state clears Error. Reason is cleared. UpdatedAt is
+// set to now.
 func (s *SQLite) SetSandboxState(ctx context.Context, tenantID, id string, state targets.SandboxState, reason string) (targets.Sandbox, error) {
 	if state != targets.Failed {
 		reason = ""
 	}
+	return s.setSandboxStatus(ctx, tenantID, id, state, reason, "")
+}
+
+// SetSandboxExit implements targets.Store. UpdatedAt is set to now.
+func (s *SQLite) SetSandboxExit(ctx context.Context, tenantID, id string, errMsg string, reason targets.ExitReason) (targets.Sandbox, error) {
+	return s.setSandboxStatus(ctx, tenantID, id, targets.Failed, errMsg, reason)
+}
+
+// setSandboxStatus writes a sandbox's state, error and exit reason
+// together: SetSandboxState and SetSandboxExit are one write each.
+func (s *SQLite) setSandboxStatus(ctx context.Context, tenantID, id string, state targets.SandboxState, errMsg string, reason targets.ExitReason) (targets.Sandbox, error) {
 	now := lease.Millis(s.now())
 	var out targets.Sandbox
 	err := s.exec(ctx, func(ctx context.Context, tx *wtx) error {
-		sb, err := scanSandbox(tx.QueryRowContext(ctx, `UPDATE sandboxes SET state = ?, error = ?, updated_at = ?
-			WHERE tenant_id = ? AND id = ? RETURNING `+sandboxColumns, string(state), reason, ms(now), tenantID, id))
+		sb, err := scanSandbox(tx.QueryRowContext(ctx, `UPDATE sandboxes SET state = ?, error = ?, reason = ?, updated_at = ?
+			WHERE tenant_id = ? AND id = ? RETURNING `+sandboxColumns,
+			string(state), errMsg, string(reason), ms(now), tenantID, id))
 		if errors.Is(err, sql.ErrNoRows) {
 			return sandboxNotFound(id)
 		}
@@ -263,7 +281,8 @@ func (s *SQLite) ListSandboxes(ctx context.Context, tenantID string) ([]targets.
 
 const (
 	serviceColumns = `tenant_id, name, kind, sandbox, url, dynamic, generation, updated_at`
-	sandboxColumns = `tenant_id, id, state, generation, command, tty, env, root, error, updated_at, uid`
+	sandboxColumns = `tenant_id, id, state, generation, command, tty, env, root, error, updated_at, uid,
+		memory_bytes, pids, cpus, network, reason`
 )
 
 func scanService(row rowScanner) (targets.Service, error) {
@@ -282,15 +301,18 @@ func scanService(row rowScanner) (targets.Service, error) {
 
 func scanSandbox(row rowScanner) (targets.Sandbox, error) {
 	var (
-		sb           targets.Sandbox
-		state        string
-		command, env string
-		updatedAt    int64
+		sb                     targets.Sandbox
+		state                  string
+		command, env           string
+		updatedAt, memoryBytes int64
+		network, reason        string
 	)
 	if err := row.Scan(&sb.TenantID, &sb.ID, &state, &sb.Generation, &command, &sb.TTY, &env,
-		&sb.Root, &sb.Error, &updatedAt, &sb.UID); err != nil {
+		&sb.Root, &sb.Error, &updatedAt, &sb.UID,
+		&memoryBytes, &sb.Resources.PIDs, &sb.Resources.CPUs, &network, &reason); err != nil {
 		return targets.Sandbox{}, err
 	}
+	sb.Resources.Memory, sb.Network, sb.Reason = targets.Bytes(memoryBytes), targets.Network(network), targets.ExitReason(reason)
 	if err := json.Unmarshal([]byte(command), &sb.Command); err != nil {
 		return targets.Sandbox{}, fmt.Errorf("sandbox %s: command: %w", sb.ID, err)
 	}

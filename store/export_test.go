@@ -24,3 +24,7 @@ func (s *SQLite) SchemaVersionForTest() (int, error) {
 
 // MigrationsForTest is the number of migrations this build knows.
 var MigrationsForTest = len(migrations)
+
+// MigrationsUpToForTest are the first n SQLite migrations: a test builds
+// the database of an older gateway with them and checks the upgrade.
+func MigrationsUpToForTest(n int) []string { return migrations[:n] }

@@ -246,6 +246,16 @@ CREATE TRIGGER sessions_end AFTER UPDATE OF state ON sessions
 ALTER TABLE sandboxes ADD COLUMN uid bigint NOT NULL DEFAULT 0;
 CREATE UNIQUE INDEX sandboxes_uid ON sandboxes (uid) WHERE uid <> 0;
 `,
+	// 4: each sandbox's limits, network and last exit reason (see
+	// SQLite's migration 4).
+	`
+ALTER TABLE sandboxes
+	ADD COLUMN memory_bytes bigint           NOT NULL DEFAULT 0,
+	ADD COLUMN pids         bigint           NOT NULL DEFAULT 0,
+	ADD COLUMN cpus         double precision NOT NULL DEFAULT 0,
+	ADD COLUMN network      text             NOT NULL DEFAULT '',
+	ADD COLUMN reason       text             NOT NULL DEFAULT '';
+`,
 }
 
 // endsChannel is the NOTIFY channel of session ends.

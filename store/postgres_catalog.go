@@ -152,10 +152,12 @@ func serviceKey(tenantID, name string) string { return tenantID + "/" + name }
 // succeed: ON CONFLICT waits for the other insert and then sees its row.
 // A replaced stopped sandbox keeps its uid (the update leaves it).
 const pgCreateSandbox = `INSERT INTO sandboxes AS sb (` + sandboxColumns + `)
-	VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, 0)
+	VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $13, '')
 	ON CONFLICT (tenant_id, id) DO UPDATE SET state = excluded.state, generation = sb.generation + 1,
 		command = excluded.command, tty = excluded.tty, env = excluded.env, root = excluded.root,
-		error = excluded.error, updated_at = excluded.updated_at
+		error = excluded.error, updated_at = excluded.updated_at,
+		memory_bytes = excluded.memory_bytes, pids = excluded.pids, cpus = excluded.cpus,
+		network = excluded.network, reason = excluded.reason
 	WHERE sb.state = 'stopped'
 	RETURNING generation, uid`
 
@@ -176,9 +178,11 @@ func (s *Postgres) CreateSandbox(ctx context.Context, sb targets.Sandbox) (targe
 	if sb.State == "" {
 		sb.State = targets.Pending
 	}
+	sb.Reason, sb.Usage = "", nil // neither is the caller's to store
 	sb.UpdatedAt = lease.Millis(s.now())
 	err = s.pool.QueryRow(ctx, pgCreateSandbox, sb.TenantID, sb.ID, string(sb.State), string(command), sb.TTY,
-		string(env), sb.Root, sb.Error, ms(sb.UpdatedAt)).Scan(&sb.Generation, &sb.UID)
+		string(env), sb.Root, sb.Error, ms(sb.UpdatedAt),
+		int64(sb.Resources.Memory), sb.Resources.PIDs, sb.Resources.CPUs, string(sb.Network)).Scan(&sb.Generation, &sb.UID)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows) || pgCode(err) == "23505": // unique_violation: a live one exists
 		var state string
@@ -194,17 +198,30 @@ func (s *Postgres) CreateSandbox(ctx context.Context, sb targets.Sandbox) (targe
 }
 
 // SetSandboxState implements targets.Store. reason is kept as Error only
-// for failed; any other state clears Error. UpdatedAt is set to now.
+// for failed; any other state clears Error. Reason is cleared. UpdatedAt is
+// set to now.
 func (s *Postgres) SetSandboxState(ctx context.Context, tenantID, id string, state targets.SandboxState, reason string) (targets.Sandbox, error) {
-	if s.closed() {
-		return targets.Sandbox{}, errClosed()
-	}
 	if state != targets.Failed {
 		reason = ""
 	}
+	return s.setSandboxStatus(ctx, tenantID, id, state, reason, "")
+}
+
+// SetSandboxExit implements targets.Store. UpdatedAt is set to now.
+func (s *Postgres) SetSandboxExit(ctx context.Context, tenantID, id string, errMsg string, reason targets.ExitReason) (targets.Sandbox, error) {
+	return s.setSandboxStatus(ctx, tenantID, id, targets.Failed, errMsg, reason)
+}
+
+// setSandboxStatus writes a sandbox's state, error and exit reason in one
+// statement, as SQLite's.
+func (s *Postgres) setSandboxStatus(ctx context.Context, tenantID, id string, state targets.SandboxState, errMsg string, reason targets.ExitReason) (targets.Sandbox, error) {
+	if s.closed() {
+		return targets.Sandbox{}, errClosed()
+	}
 	now := lease.Millis(s.now())
-	sb, err := scanSandbox(s.pool.QueryRow(ctx, `UPDATE sandboxes SET state = $1, error = $2, updated_at = $3
-		WHERE tenant_id = $4 AND id = $5 RETURNING `+sandboxColumns, string(state), reason, ms(now), tenantID, id))
+	sb, err := scanSandbox(s.pool.QueryRow(ctx, `UPDATE sandboxes SET state = $1, error = $2, reason = $3, updated_at = $4
+		WHERE tenant_id = $5 AND id = $6 RETURNING `+sandboxColumns,
+		string(state), errMsg, string(reason), ms(now), tenantID, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return targets.Sandbox{}, sandboxNotFound(id)
 	}

@@ -38,3 +38,7 @@ func PGErrForTest(err error) error { return pgErr(err, "test") }
 func LockServiceForTest(ctx context.Context, tx pgx.Tx, tenantID, name string) error {
 	return lockService(ctx, tx, tenantID, name)
 }
+
+// PostgresMigrationsUpToForTest are the first n PostgreSQL migrations, as
+// MigrationsUpToForTest.
+func PostgresMigrationsUpToForTest(n int) []string { return pgMigrations[:n] }

@@ -199,6 +199,30 @@ func TestPostgresServerGoneIsUnavailable(t *testing.T) {
 	}
 }
 
+// TestPostgresMigrationKeepsSandboxes is TestMigrationKeepsSandboxes on
+// PostgreSQL.
+func TestPostgresMigrationKeepsSandboxes(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Start(t)
+	execSQL(t, url, `CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at bigint NOT NULL)`)
+	for _, q := range store.PostgresMigrationsUpToForTest(3) {
+		execSQL(t, url, q)
+	}
+	execSQL(t, url, `INSERT INTO schema_migrations (version, applied_at) VALUES (1, 0), (2, 0), (3, 0)`)
+	execSQL(t, url, `INSERT INTO sandboxes (tenant_id, id, state, generation, command, tty, env, root, error, updated_at, uid)
+		VALUES ('demo', 'old', 'failed', 4, '["sh"]', false, 'null', '/r', 'exit status 1', 1000, 200001)`)
+
+	s := openPG(t, url)
+	if v, err := s.SchemaVersionForTest(t.Context()); err != nil || v != store.PostgresMigrationsForTest {
+		t.Fatalf("schema version %d, %v; want %d", v, err, store.PostgresMigrationsForTest)
+	}
+	got, err := s.GetSandbox(t.Context(), "demo", "old")
+	if err != nil || got.State != targets.Failed || got.Generation != 4 || got.Error != "exit status 1" || got.UID != 200001 ||
+		got.Resources != (targets.Resources{}) || got.Network != "" || got.Reason != "" {
+		t.Fatalf("upgraded sandbox = %+v, %v", got, err)
+	}
+}
+
 func TestPostgresCreateSandboxRace(t *testing.T) {
 	t.Parallel()
 	url := pgtest.Start(t)

@@ -307,6 +307,17 @@ CREATE TABLE service_tombstones (
 ALTER TABLE sandboxes ADD COLUMN uid INTEGER NOT NULL DEFAULT 0;
 CREATE UNIQUE INDEX sandboxes_uid ON sandboxes (uid) WHERE uid <> 0;
 `,
+	// 4: each sandbox's limits and network as asked for (SPEC §9.2, §9.3;
+	// 0 and '': the gateway's defaults), and how its workload last ended
+	// (exited, signaled, oom; '' while it has not), so a restart starts
+	// it with the same limits and GET still says why it failed.
+	`
+ALTER TABLE sandboxes ADD COLUMN memory_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sandboxes ADD COLUMN pids         INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sandboxes ADD COLUMN cpus         REAL    NOT NULL DEFAULT 0;
+ALTER TABLE sandboxes ADD COLUMN network      TEXT    NOT NULL DEFAULT '';
+ALTER TABLE sandboxes ADD COLUMN reason       TEXT    NOT NULL DEFAULT '';
+`,
 }
 
 // migrate applies the migrations the database does not have yet, all in one

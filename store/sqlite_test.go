@@ -100,6 +100,45 @@ func TestMigrationsIdempotentOnReopen(t *testing.T) {
 	}
 }
 
+// TestMigrationKeepsSandboxes: a database of a gateway before migration 4
+// (sandbox limits, network, exit reason) opens, and its sandboxes read as
+// they were, with the defaults' zero limits, no network and no reason.
+func TestMigrationKeepsSandboxes(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "nimbus.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts := append([]string{`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`},
+		store.MigrationsUpToForTest(3)...)
+	stmts = append(stmts, `INSERT INTO schema_migrations (version, applied_at) VALUES (1, 0), (2, 0), (3, 0)`,
+		`INSERT INTO sandboxes (tenant_id, id, state, generation, command, tty, env, root, error, updated_at, uid)
+			VALUES ('demo', 'old', 'failed', 4, '["sh"]', 0, 'null', '/r', 'exit status 1', 1000, 200001)`)
+	for _, q := range stmts {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := store.OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	if v, err := s.SchemaVersionForTest(); err != nil || v != store.MigrationsForTest {
+		t.Fatalf("schema version %d, %v; want %d", v, err, store.MigrationsForTest)
+	}
+	got, err := s.GetSandbox(t.Context(), "demo", "old")
+	if err != nil || got.State != targets.Failed || got.Generation != 4 || got.Error != "exit status 1" || got.UID != 200001 ||
+		got.Resources != (targets.Resources{}) || got.Network != "" || got.Reason != "" {
+		t.Fatalf("upgraded sandbox = %+v, %v", got, err)
+	}
+}
+
 func TestReadOnlyIsUnavailable(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "nimbus.db")

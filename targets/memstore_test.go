@@ -78,7 +78,7 @@ func (m *memStore) CreateSandbox(_ context.Context, sb Sandbox) (Sandbox, error)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := [2]string{sb.TenantID, sb.ID}
-	sb.Generation, sb.UID = 1, 0
+	sb.Generation, sb.UID, sb.Reason, sb.Usage = 1, 0, "", nil
 	if old, ok := m.sandboxes[k]; ok {
 		if old.State != Stopped {
 			return Sandbox{}, problem.New(problem.AlreadyExists, "sandbox %q exists", sb.ID)
@@ -115,10 +115,23 @@ func (m *memStore) SetSandboxState(_ context.Context, tenantID, id string, state
 	if !ok {
 		return Sandbox{}, problem.New(problem.NotFound, "no sandbox %q", id)
 	}
-	sb.State, sb.Error = state, ""
+	sb.State, sb.Error, sb.Reason = state, "", ""
 	if state == Failed {
 		sb.Error = reason
 	}
+	m.sandboxes[k] = sb
+	return sb, nil
+}
+
+func (m *memStore) SetSandboxExit(_ context.Context, tenantID, id string, errMsg string, reason ExitReason) (Sandbox, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := [2]string{tenantID, id}
+	sb, ok := m.sandboxes[k]
+	if !ok {
+		return Sandbox{}, problem.New(problem.NotFound, "no sandbox %q", id)
+	}
+	sb.State, sb.Error, sb.Reason = Failed, errMsg, reason
 	m.sandboxes[k] = sb
 	return sb, nil
 }

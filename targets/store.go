@@ -19,6 +19,10 @@ type Store interface {
 
 	// CreateSandbox stores a new sandbox at generation 1 (or replaces a
 	// stopped one, at its generation plus one); AlreadyExists otherwise.
+	// Its Resources and Network are stored as given (a replaced sandbox's
+	// are replaced). Reason and Usage are not stored: a new sandbox's
+	// workload has not ended, and usage is read live; the sandbox returned
+	// has neither.
 	CreateSandbox(ctx context.Context, sb Sandbox) (Sandbox, error)
 	// SetSandboxUID records the user id of the sandbox's own (Options.UIDs);
 	// 0 gives it up. AlreadyExists when another sandbox holds uid: the store
@@ -27,8 +31,17 @@ type Store interface {
 	// sandbox has none, and one that replaces a stopped sandbox keeps the
 	// stopped one's (the files in its root are still that id's).
 	SetSandboxUID(ctx context.Context, tenantID, id string, uid uint32) (Sandbox, error)
-	// SetSandboxState records a state change and, for failed, why.
+	// SetSandboxState records a state change and, for failed, why (as
+	// Error; any other state clears Error). It clears Reason whatever the
+	// state: a sandbox restarted after an OOM kill must not go on showing
+	// "oom" once it runs again, or fails for another cause. The generation
+	// is unchanged.
 	SetSandboxState(ctx context.Context, tenantID, id string, state SandboxState, reason string) (Sandbox, error)
+	// SetSandboxExit records that the sandbox's workload ended: state
+	// failed with errMsg as Error, as SetSandboxState(…, Failed, errMsg)
+	// does, and with how it ended as Reason (SPEC §9.2 status.reason), in
+	// one write so no reader sees the state without its reason.
+	SetSandboxExit(ctx context.Context, tenantID, id string, errMsg string, reason ExitReason) (Sandbox, error)
 	GetSandbox(ctx context.Context, tenantID, id string) (Sandbox, error)
 	// ListSandboxes returns the tenant's sandboxes by id; tenantID "" lists
 	// every tenant's (used to restart workloads at start).

@@ -250,3 +250,141 @@ func testSandboxUIDs(t *testing.T, st Stores) {
 	_, err = st.Catalog.SetSandboxUID(ctx, "demo", "a", 300002)
 	wantCode(t, err, problem.AlreadyExists)
 }
+
+// testSandboxLimits: a sandbox's resources and network (SPEC §9.2, §9.3)
+// are stored as given, read back by every read, replaced with the rest of
+// the definition when a stopped sandbox is re-created, and survive a
+// reopen: a restarted gateway starts the workload with the limits it was
+// created with, not the defaults of the day.
+func testSandboxLimits(t *testing.T, st Stores) {
+	ctx := t.Context()
+	c := st.Catalog
+	sb := targets.Sandbox{
+		TenantID: "demo", ID: "lim", State: targets.Pending, Command: []string{"sh"},
+		Resources: targets.Resources{Memory: 512 << 20, PIDs: 256, CPUs: 1.5},
+		Network:   targets.NetworkEgress,
+		// Neither is the caller's to store.
+		Reason: targets.ReasonOOM,
+		Usage:  &targets.Usage{MemoryBytes: 1, PIDs: 1, CPUSeconds: 1},
+	}
+	created, err := c.CreateSandbox(ctx, sb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sb
+	want.Generation, want.UpdatedAt, want.Reason, want.Usage = 1, created.UpdatedAt, "", nil
+	if !reflect.DeepEqual(created, want) {
+		t.Fatalf("CreateSandbox = %+v, want %+v", created, want)
+	}
+	if got, err := c.GetSandbox(ctx, "demo", "lim"); err != nil || !reflect.DeepEqual(got, created) {
+		t.Fatalf("GetSandbox = %+v, %v; want %+v", got, err, created)
+	}
+	// Defaults (zero) are stored as zero, not as some value of the store's.
+	plain, err := c.CreateSandbox(ctx, targets.Sandbox{TenantID: "demo", ID: "plain", Command: []string{"sh"}})
+	if err != nil || plain.Resources != (targets.Resources{}) || plain.Network != "" {
+		t.Fatalf("CreateSandbox(no limits) = %+v, %v", plain, err)
+	}
+	list, err := c.ListSandboxes(ctx, "demo")
+	if err != nil || len(list) != 2 || !reflect.DeepEqual(list[0], created) || list[1].Resources != (targets.Resources{}) || list[1].Network != "" {
+		t.Fatalf("ListSandboxes = %+v, %v", list, err)
+	}
+	// A state change keeps them.
+	ready, err := c.SetSandboxState(ctx, "demo", "lim", targets.Ready, "")
+	if err != nil || ready.Resources != sb.Resources || ready.Network != sb.Network {
+		t.Fatalf("SetSandboxState(ready) = %+v, %v; want the limits kept", ready, err)
+	}
+
+	// Re-created over a stopped one: the new definition's limits replace
+	// the old, down to none.
+	if _, err := c.SetSandboxState(ctx, "demo", "lim", targets.Stopped, ""); err != nil {
+		t.Fatal(err)
+	}
+	re, err := c.CreateSandbox(ctx, targets.Sandbox{TenantID: "demo", ID: "lim", Command: []string{"sh"},
+		Resources: targets.Resources{PIDs: 64}, Network: targets.NetworkNone})
+	if err != nil || re.Generation != 2 || re.Resources != (targets.Resources{PIDs: 64}) || re.Network != targets.NetworkNone {
+		t.Fatalf("re-created = %+v, %v; want generation 2, pids 64 only, network none", re, err)
+	}
+	if got, _ := c.GetSandbox(ctx, "demo", "lim"); !reflect.DeepEqual(got, re) {
+		t.Fatalf("GetSandbox = %+v, CreateSandbox returned %+v", got, re)
+	}
+
+	if st.Reopen == nil {
+		return
+	}
+	st = st.Reopen(t)
+	if got, err := st.Catalog.GetSandbox(ctx, "demo", "lim"); err != nil || !reflect.DeepEqual(got, re) {
+		t.Errorf("after reopen: %+v, %v; want %+v", got, err, re)
+	}
+}
+
+// testSandboxExit: SetSandboxExit records failed with its error and reason
+// in one write, like SetSandboxState(failed) for the rest; any later state
+// clears the reason, so a sandbox restarted after an OOM kill does not go
+// on reading "oom"; re-creating a stopped sandbox starts with none.
+func testSandboxExit(t *testing.T, st Stores) {
+	ctx := t.Context()
+	c := st.Catalog
+	created, err := c.CreateSandbox(ctx, targets.Sandbox{TenantID: "demo", ID: "x", State: targets.Ready, Command: []string{"sh"},
+		Resources: targets.Resources{Memory: 64 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Millisecond) // UpdatedAt has ms precision
+	got, err := c.SetSandboxExit(ctx, "demo", "x", "workload was killed for using more than 64Mi", targets.ReasonOOM)
+	if err != nil || got.State != targets.Failed || got.Error != "workload was killed for using more than 64Mi" ||
+		got.Reason != targets.ReasonOOM || got.Generation != created.Generation ||
+		got.Resources != created.Resources || !got.UpdatedAt.After(created.UpdatedAt) {
+		t.Fatalf("SetSandboxExit = %+v, %v; want failed, oom, the same generation and limits, a later UpdatedAt", got, err)
+	}
+	if read, err := c.GetSandbox(ctx, "demo", "x"); err != nil || !reflect.DeepEqual(read, got) {
+		t.Fatalf("GetSandbox = %+v, %v; SetSandboxExit returned %+v", read, err, got)
+	}
+	if list, err := c.ListSandboxes(ctx, "demo"); err != nil || len(list) != 1 || list[0].Reason != targets.ReasonOOM {
+		t.Fatalf("ListSandboxes = %+v, %v; want reason oom", list, err)
+	}
+	_, err = c.SetSandboxExit(ctx, "demo", "missing", "gone", targets.ReasonExited)
+	wantCode(t, err, problem.NotFound)
+	_, err = c.SetSandboxExit(ctx, "acme", "x", "gone", targets.ReasonExited) // another tenant's id
+	wantCode(t, err, problem.NotFound)
+	if read, _ := c.GetSandbox(ctx, "demo", "x"); read.Reason != targets.ReasonOOM {
+		t.Fatalf("another tenant's SetSandboxExit changed reason to %q", read.Reason)
+	}
+
+	if st.Reopen != nil {
+		st = st.Reopen(t)
+		c = st.Catalog
+		if read, err := c.GetSandbox(ctx, "demo", "x"); err != nil || read.Reason != targets.ReasonOOM || read.State != targets.Failed {
+			t.Fatalf("after reopen: %+v, %v; want failed, oom", read, err)
+		}
+	}
+
+	// Every state SetSandboxState records clears the reason, failed too:
+	// a failure to start again is not the old exit.
+	for _, state := range []targets.SandboxState{targets.Pending, targets.Ready, targets.Failed, targets.Stopped} {
+		if _, err := c.SetSandboxExit(ctx, "demo", "x", "exit status 1", targets.ReasonExited); err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.SetSandboxState(ctx, "demo", "x", state, "exec: not found")
+		if err != nil || got.State != state || got.Reason != "" {
+			t.Fatalf("SetSandboxState(%s) after an exit = %+v, %v; want no reason", state, got, err)
+		}
+		if read, _ := c.GetSandbox(ctx, "demo", "x"); read.Reason != "" {
+			t.Fatalf("GetSandbox after SetSandboxState(%s): reason %q", state, read.Reason)
+		}
+	}
+
+	// A stopped sandbox that ended with a reason, re-created: none.
+	if _, err := c.SetSandboxExit(ctx, "demo", "x", "killed", targets.ReasonSignaled); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SetSandboxState(ctx, "demo", "x", targets.Stopped, ""); err != nil {
+		t.Fatal(err)
+	}
+	re, err := c.CreateSandbox(ctx, targets.Sandbox{TenantID: "demo", ID: "x", Command: []string{"sh"}})
+	if err != nil || re.Reason != "" || re.Error != "" {
+		t.Fatalf("re-created = %+v, %v; want no reason, no error", re, err)
+	}
+	if read, _ := c.GetSandbox(ctx, "demo", "x"); read.Reason != "" {
+		t.Fatalf("GetSandbox of the re-created sandbox: reason %q", read.Reason)
+	}
+}

@@ -47,6 +47,8 @@ func Run(t *testing.T, open func(t *testing.T) Stores) {
 		{"Services", testServices},
 		{"Sandboxes", testSandboxes},
 		{"SandboxUIDs", testSandboxUIDs},
+		{"SandboxLimits", testSandboxLimits},
+		{"SandboxExit", testSandboxExit},
 		{"TenantIsolation", testTenantIsolation},
 		{"ConcurrentCreate", testConcurrentCreate},
 		{"Reopen", testReopen},
