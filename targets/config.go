@@ -29,10 +29,25 @@ type TenantConfig struct {
 
 // SandboxConfig declares a sandbox; see SandboxSpec for the fields.
 type SandboxConfig struct {
-	ID      string   `yaml:"id"`
-	Command []string `yaml:"command"`
-	TTY     bool     `yaml:"tty"`
-	Env     []string `yaml:"env"`
+	ID        string          `yaml:"id"`
+	Command   []string        `yaml:"command"`
+	TTY       bool            `yaml:"tty"`
+	Env       []string        `yaml:"env"`
+	Resources ResourcesConfig `yaml:"resources"`
+	// Network is none (the default) or egress.
+	Network Network `yaml:"network"`
+}
+
+// ResourcesConfig is a sandbox's Resources as the catalog YAML writes them:
+// `resources: {memory: 512Mi, pids: 256, cpus: 1.0}`, every field optional
+// (absent: the gateway's default). Memory is kept as written until
+// Validate, so a bad quantity is reported with its field's path rather than
+// as a YAML decoding error with only a line number.
+type ResourcesConfig struct {
+	// Memory is a quantity such as 512Mi, 1Gi or a number of bytes.
+	Memory string  `yaml:"memory"`
+	PIDs   int64   `yaml:"pids"`
+	CPUs   float64 `yaml:"cpus"`
 }
 
 // ServiceConfig declares a service; see Service for the fields.
@@ -115,6 +130,9 @@ func (c *Config) Validate() error {
 		ids := make(map[string]bool, len(t.Sandboxes))
 		for j, sc := range t.Sandboxes {
 			at := fmt.Sprintf("tenants[%d].sandboxes[%d]", i, j)
+			if _, err := sc.Resources.memory(); err != nil {
+				return invalid(at+".resources.memory", "%v", err)
+			}
 			if err := validateSpec(at+".", sc.spec()); err != nil {
 				return err
 			}
@@ -140,7 +158,23 @@ func (c *Config) Validate() error {
 }
 
 func (sc SandboxConfig) spec() SandboxSpec {
-	return SandboxSpec{ID: sc.ID, Command: sc.Command, TTY: sc.TTY, Env: sc.Env}
+	mem, err := sc.Resources.memory()
+	if err != nil {
+		// Not through Validate: a negative limit fails validateSpec, so
+		// the sandbox is refused rather than run with the default.
+		mem = -1
+	}
+	return SandboxSpec{ID: sc.ID, Command: sc.Command, TTY: sc.TTY, Env: sc.Env,
+		Resources: Resources{Memory: mem, PIDs: sc.Resources.PIDs, CPUs: sc.Resources.CPUs},
+		Network:   sc.Network}
+}
+
+// memory parses Memory; "" is 0, the default.
+func (rc ResourcesConfig) memory() (Bytes, error) {
+	if rc.Memory == "" {
+		return 0, nil
+	}
+	return ParseBytes(rc.Memory)
 }
 
 func (sc ServiceConfig) service(tenantID string) Service {

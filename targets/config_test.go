@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -81,6 +82,15 @@ func TestConfigErrors(t *testing.T) {
 		{"external without url", "tenants:\n  - id: a\n    services:\n      - {name: x, kind: external}\n", "tenants[0].services[0].url", ""},
 		{"external relative url", "tenants:\n  - id: a\n    services:\n      - {name: x, kind: external, url: /x}\n", "tenants[0].services[0].url", ""},
 		{"builtin with url", "tenants:\n  - id: a\n    services:\n      - {name: x, kind: builtin, url: 'http://x'}\n", "tenants[0].services[0].url", ""},
+		{"bad memory", "tenants:\n  - id: a\n    sandboxes:\n      - {id: s, command: [sh], resources: {memory: lots}}\n", "tenants[0].sandboxes[0].resources.memory", "512Mi"},
+		{"small memory", "tenants:\n  - id: a\n    sandboxes:\n      - {id: s, command: [sh], resources: {memory: 1Mi}}\n", "tenants[0].sandboxes[0].resources.memory", "4Mi"},
+		{"negative pids", "tenants:\n  - id: a\n    sandboxes:\n      - {id: s, command: [sh], resources: {pids: -1}}\n", "tenants[0].sandboxes[0].resources.pids", ""},
+		{"too many pids", "tenants:\n  - id: a\n    sandboxes:\n      - {id: s, command: [sh], resources: {pids: 1048577}}\n", "tenants[0].sandboxes[0].resources.pids", ""},
+		{"negative cpus", "tenants:\n  - id: a\n    sandboxes:\n      - {id: s, command: [sh], resources: {cpus: -0.5}}\n", "tenants[0].sandboxes[0].resources.cpus", ""},
+		{"nan cpus", "tenants:\n  - id: a\n    sandboxes:\n      - {id: s, command: [sh], resources: {cpus: .nan}}\n", "tenants[0].sandboxes[0].resources.cpus", ""},
+		{"too many cpus", "tenants:\n  - id: a\n    sandboxes:\n      - {id: s, command: [sh], resources: {cpus: 1025}}\n", "tenants[0].sandboxes[0].resources.cpus", ""},
+		{"unknown resource", "tenants:\n  - id: a\n    sandboxes:\n      - {id: s, command: [sh], resources: {disk: 1Gi}}\n", "", "disk"},
+		{"bad network", "tenants:\n  - id: a\n    sandboxes:\n      - {id: s, command: [sh], network: host}\n", "tenants[0].sandboxes[0].network", "host"},
 		{"duplicate service", "tenants:\n  - id: a\n    services:\n      - {name: x, kind: builtin}\n      - {name: x, kind: browser}\n", "tenants[0].services[1].name", "duplicate"},
 	}
 	for _, tt := range tests {
@@ -106,6 +116,44 @@ func TestConfigErrors(t *testing.T) {
 				t.Errorf("error %q should contain %q and the path", err, tt.text)
 			}
 		})
+	}
+}
+
+// TestConfigResources: a sandbox's resources and network (SPEC §9.2, §9.3)
+// in the catalog YAML reach its SandboxSpec; absent ones are the defaults.
+func TestConfigResources(t *testing.T) {
+	t.Parallel()
+	cfg, err := ParseConfig([]byte(`tenants:
+  - id: a
+    sandboxes:
+      - id: limited
+        command: [sh]
+        resources: {memory: 512Mi, pids: 256, cpus: 1.0}
+        network: egress
+      - id: bytes
+        command: [sh]
+        resources: {memory: 8388608, cpus: 0.5}
+        network: none
+      - id: plain
+        command: [sh]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []SandboxSpec{
+		{ID: "limited", Command: []string{"sh"}, Resources: Resources{Memory: 512 << 20, PIDs: 256, CPUs: 1}, Network: NetworkEgress},
+		{ID: "bytes", Command: []string{"sh"}, Resources: Resources{Memory: 8 << 20, CPUs: 0.5}, Network: NetworkNone},
+		{ID: "plain", Command: []string{"sh"}},
+	} {
+		if got := cfg.Tenants[0].Sandboxes[i].spec(); !reflect.DeepEqual(got, want) {
+			t.Errorf("sandboxes[%d].spec() = %+v, want %+v", i, got, want)
+		}
+	}
+	// A config built in code and never validated cannot run a sandbox
+	// whose memory it could not read with the default limit instead.
+	bad := SandboxConfig{ID: "s", Command: []string{"sh"}, Resources: ResourcesConfig{Memory: "lots"}}
+	if err := validateSpec("", bad.spec()); problem.CodeOf(err) != problem.InvalidArgument {
+		t.Errorf("validateSpec of an unreadable memory = %v, want invalid_argument", err)
 	}
 }
 

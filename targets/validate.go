@@ -1,6 +1,7 @@
 package targets
 
 import (
+	"math"
 	"net/url"
 	"regexp"
 	"strings"
@@ -85,6 +86,46 @@ func validateSpec(prefix string, spec SandboxSpec) error {
 		if !ok || k == "" || strings.IndexByte(e, 0) >= 0 {
 			return invalid(prefix+"env", "%q must be KEY=VALUE", e)
 		}
+	}
+	if err := validateResources(prefix+"resources.", spec.Resources); err != nil {
+		return err
+	}
+	switch spec.Network {
+	case "", NetworkNone, NetworkEgress:
+	default:
+		return invalid(prefix+"network", "%q is not one of none, egress", spec.Network)
+	}
+	return nil
+}
+
+// The bounds of a sandbox's limits (SPEC §9.2). Zero is always allowed: it
+// takes the gateway's default.
+const (
+	// minMemory is the least memory limit: below a few MiB the container's
+	// init cannot even start (Docker refuses limits under 6MB for this
+	// reason), and a workload OOM-killed before it runs reads as a bug in
+	// the workload rather than in its limit.
+	minMemory Bytes = 4 << 20
+	// maxPIDs is the most processes and threads a limit may allow: the
+	// limit is there to stop a fork bomb, and past a million tasks it no
+	// longer would.
+	maxPIDs = 1 << 20
+	// maxCPUs is the most CPUs a limit may allow, above any host's count:
+	// a bigger number is a typo, not a limit.
+	maxCPUs = 1024
+)
+
+// validateResources checks a sandbox's limits; prefix ends in
+// "resources.".
+func validateResources(prefix string, r Resources) error {
+	if r.Memory != 0 && r.Memory < minMemory {
+		return invalid(prefix+"memory", "%s must be at least %s", r.Memory, minMemory)
+	}
+	if r.PIDs < 0 || r.PIDs > maxPIDs {
+		return invalid(prefix+"pids", "%d must be between 1 and %d", r.PIDs, maxPIDs)
+	}
+	if r.CPUs != 0 && (math.IsNaN(r.CPUs) || r.CPUs < 0 || r.CPUs > maxCPUs) {
+		return invalid(prefix+"cpus", "%v must be more than 0 and at most %d", r.CPUs, maxCPUs)
 	}
 	return nil
 }
