@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"net/http"
 
 	"github.com/gorilla/mux"
@@ -36,13 +37,54 @@ type sandboxJSON struct {
 	Command    []string             `json:"command"`
 	TTY        bool                 `json:"tty"`
 	Env        []string             `json:"env,omitempty"`
-	Error      string               `json:"error,omitempty"`
-	UpdatedAt  string               `json:"updatedAt"`
+	// Resources are the limits as asked for; an absent field is the
+	// gateway's default.
+	Resources targets.Resources `json:"resources"`
+	Network   targets.Network   `json:"network"`
+	Error     string            `json:"error,omitempty"`
+	// Status is what the gateway observed of the workload (SPEC §9.2),
+	// apart from the definition above.
+	Status    sandboxStatusJSON `json:"status"`
+	UpdatedAt string            `json:"updatedAt"`
+}
+
+// sandboxStatusJSON is a sandbox's status: how its workload last ended
+// and what it uses now (only while it runs under cgroups).
+type sandboxStatusJSON struct {
+	Reason targets.ExitReason `json:"reason,omitempty"`
+	Usage  *targets.Usage     `json:"usage,omitempty"`
 }
 
 func renderSandbox(sb targets.Sandbox) sandboxJSON {
+	network := sb.Network
+	if network == "" {
+		network = targets.NetworkNone // what "" runs as (SPEC §9.3)
+	}
 	return sandboxJSON{ID: sb.ID, State: sb.State, Generation: sb.Generation, Command: sb.Command,
-		TTY: sb.TTY, Env: sb.Env, Error: sb.Error, UpdatedAt: formatTime(sb.UpdatedAt)}
+		TTY: sb.TTY, Env: sb.Env, Resources: sb.Resources, Network: network, Error: sb.Error,
+		Status: sandboxStatusJSON{Reason: sb.Reason, Usage: sb.Usage}, UpdatedAt: formatTime(sb.UpdatedAt)}
+}
+
+// resourcesRequest is a sandbox's resources as a create request gives
+// them. Memory is read by hand: encoding/json returns the error of
+// Bytes.UnmarshalJSON bare, without the field's path, which would leave a
+// client with "malformed JSON" and no field to fix.
+type resourcesRequest struct {
+	Memory json.RawMessage `json:"memory"`
+	PIDs   int64           `json:"pids"`
+	CPUs   float64         `json:"cpus"`
+}
+
+// resources returns the limits r asks for; a memory that is not a
+// quantity is invalid_argument with details.field "resources.memory".
+func (r resourcesRequest) resources() (targets.Resources, error) {
+	out := targets.Resources{PIDs: r.PIDs, CPUs: r.CPUs}
+	if len(r.Memory) > 0 {
+		if err := out.Memory.UnmarshalJSON(r.Memory); err != nil {
+			return targets.Resources{}, invalid("resources.memory", "resources.memory: "+err.Error())
+		}
+	}
+	return out, nil
 }
 
 // eventJSON is an audit event with the API's time format.
@@ -132,16 +174,22 @@ func (s *Server) deleteService(w http.ResponseWriter, r *http.Request, p *authn.
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, p *authn.Principal) error {
 	var req struct {
-		ID      string   `json:"id"`
-		Command []string `json:"command"`
-		TTY     bool     `json:"tty"`
-		Env     []string `json:"env"`
+		ID        string           `json:"id"`
+		Command   []string         `json:"command"`
+		TTY       bool             `json:"tty"`
+		Env       []string         `json:"env"`
+		Resources resourcesRequest `json:"resources"`
+		Network   targets.Network  `json:"network"`
 	}
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err
 	}
+	res, err := req.Resources.resources()
+	if err != nil {
+		return err
+	}
 	sb, err := s.catalog.CreateSandbox(r.Context(), p.Tenant, targets.SandboxSpec{
-		ID: req.ID, Command: req.Command, TTY: req.TTY, Env: req.Env,
+		ID: req.ID, Command: req.Command, TTY: req.TTY, Env: req.Env, Resources: res, Network: req.Network,
 	})
 	if err != nil {
 		return err

@@ -2,7 +2,10 @@ package proxy_test
 
 import (
 	"net/http"
+	"reflect"
 	"testing"
+
+	"github.com/nimbus/gateway/targets"
 )
 
 func TestAdminCatalog(t *testing.T) {
@@ -84,5 +87,132 @@ func TestAdminSandboxes(t *testing.T) {
 	}
 	if r := e.do(http.MethodGet, "/v1/tenants/demo/sandboxes/nope", admin, nil); r.Status != 404 {
 		t.Fatalf("get unknown: %d", r.Status)
+	}
+}
+
+// TestAdminSandboxResources: a sandbox's resources and network (SPEC §9.2,
+// §9.3) round-trip through create, GET and list; absent ones read as the
+// defaults (no resources, network none).
+func TestAdminSandboxResources(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	admin := e.admin()
+	r := e.do(http.MethodPost, "/v1/tenants/demo/sandboxes", admin, map[string]any{
+		"id": "sbx-lim", "command": []string{"/bin/cat"},
+		"resources": map[string]any{"memory": "512Mi", "pids": 256, "cpus": 1.5}, "network": "egress",
+	})
+	if r.Status != 201 {
+		t.Fatalf("create: %d %s", r.Status, r.Body)
+	}
+	check := func(what string, m map[string]any) {
+		t.Helper()
+		if got := field(m, "resources"); !reflect.DeepEqual(got, map[string]any{"memory": "512Mi", "pids": float64(256), "cpus": 1.5}) {
+			t.Errorf("%s: resources = %v", what, got)
+		}
+		if got := field(m, "network"); got != "egress" {
+			t.Errorf("%s: network = %v", what, got)
+		}
+		if got := field(m, "status"); !reflect.DeepEqual(got, map[string]any{}) {
+			t.Errorf("%s: status = %v, want {} (no exit, no cgroup usage under the process runtime)", what, got)
+		}
+	}
+	check("create", r.JSON(t))
+	check("get", e.do(http.MethodGet, "/v1/tenants/demo/sandboxes/sbx-lim", admin, nil).JSON(t))
+	for _, it := range e.do(http.MethodGet, "/v1/tenants/demo/sandboxes", admin, nil).JSON(t)["items"].([]any) {
+		if m := it.(map[string]any); m["id"] == "sbx-lim" {
+			check("list", m)
+		}
+	}
+
+	// Memory as a number of bytes reads back as a quantity.
+	r = e.do(http.MethodPost, "/v1/tenants/demo/sandboxes", admin, map[string]any{
+		"id": "sbx-bytes", "command": []string{"/bin/cat"}, "resources": map[string]any{"memory": 8 << 20},
+	})
+	if r.Status != 201 || field(r.JSON(t), "resources", "memory") != "8Mi" {
+		t.Fatalf("memory in bytes: %d %s", r.Status, r.Body)
+	}
+	// None given: no limits of its own, network none.
+	r = e.do(http.MethodGet, "/v1/tenants/demo/sandboxes/sbx-worker", admin, nil)
+	if m := r.JSON(t); !reflect.DeepEqual(m["resources"], map[string]any{}) || m["network"] != "none" {
+		t.Fatalf("defaults: %s", r.Body)
+	}
+}
+
+// TestAdminSandboxBadResources: every bad limit or network is a 400
+// problem+json invalid_argument naming its field, never a 500 or a
+// "malformed JSON" without one.
+func TestAdminSandboxBadResources(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	admin := e.admin()
+	tests := []struct {
+		name      string
+		resources any
+		network   any
+		field     string
+	}{
+		{"memory not a quantity", map[string]any{"memory": "lots"}, nil, "resources.memory"},
+		{"memory unit unknown", map[string]any{"memory": "512Zz"}, nil, "resources.memory"},
+		{"memory negative", map[string]any{"memory": -1}, nil, "resources.memory"},
+		{"memory not a string", map[string]any{"memory": true}, nil, "resources.memory"},
+		{"memory too small", map[string]any{"memory": "1Mi"}, nil, "resources.memory"},
+		{"pids negative", map[string]any{"pids": -1}, nil, "resources.pids"},
+		{"pids too many", map[string]any{"pids": 1048577}, nil, "resources.pids"},
+		{"pids fraction", map[string]any{"pids": 1.5}, nil, "resources.pids"},
+		{"pids a string", map[string]any{"pids": "many"}, nil, "resources.pids"},
+		{"cpus negative", map[string]any{"cpus": -0.5}, nil, "resources.cpus"},
+		{"cpus too many", map[string]any{"cpus": 1025}, nil, "resources.cpus"},
+		{"cpus a string", map[string]any{"cpus": "two"}, nil, "resources.cpus"},
+		{"unknown resource", map[string]any{"disk": "1Gi"}, nil, "resources.disk"},
+		{"resources not an object", "512Mi", nil, "resources"},
+		{"network unknown", nil, "host", "network"},
+		{"network not a string", nil, 1, "network"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			body := map[string]any{"id": "sbx-bad", "command": []string{"/bin/cat"}}
+			if tt.resources != nil {
+				body["resources"] = tt.resources
+			}
+			if tt.network != nil {
+				body["network"] = tt.network
+			}
+			r := e.do(http.MethodPost, "/v1/tenants/demo/sandboxes", admin, body)
+			if r.Status != 400 || r.Code(t) != "invalid_argument" {
+				t.Fatalf("%d %s; want 400 invalid_argument", r.Status, r.Body)
+			}
+			if f := field(r.JSON(t), "details", "field"); f != tt.field {
+				t.Fatalf("details.field = %v, want %s: %s", f, tt.field, r.Body)
+			}
+		})
+	}
+	if r := e.do(http.MethodGet, "/v1/tenants/demo/sandboxes/sbx-bad", admin, nil); r.Status != 404 {
+		t.Fatalf("a refused create stored the sandbox: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestAdminSandboxExitReason: status.reason shows how a failed sandbox's
+// workload ended, and goes once it runs again.
+func TestAdminSandboxExitReason(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	admin := e.admin()
+	if r := e.do(http.MethodPost, "/v1/tenants/demo/sandboxes", admin, map[string]any{
+		"id": "sbx-oom", "command": []string{"/no/such/binary"}, "resources": map[string]any{"memory": "64Mi"},
+	}); r.Status != 201 || field(r.JSON(t), "state") != "failed" || field(r.JSON(t), "status", "reason") != nil {
+		t.Fatalf("create: %d %s; want failed to start, with no exit reason", r.Status, r.Body)
+	}
+	// The runtime records an OOM kill through the store.
+	if _, err := e.db.SetSandboxExit(t.Context(), "demo", "sbx-oom", "out of memory", targets.ReasonOOM); err != nil {
+		t.Fatal(err)
+	}
+	r := e.do(http.MethodGet, "/v1/tenants/demo/sandboxes/sbx-oom", admin, nil)
+	if m := r.JSON(t); m["state"] != "failed" || m["error"] != "out of memory" || field(m, "status", "reason") != "oom" ||
+		field(m, "resources", "memory") != "64Mi" {
+		t.Fatalf("after an OOM kill: %s", r.Body)
+	}
+	if _, err := e.db.SetSandboxState(t.Context(), "demo", "sbx-oom", targets.Ready, ""); err != nil {
+		t.Fatal(err)
+	}
+	r = e.do(http.MethodGet, "/v1/tenants/demo/sandboxes/sbx-oom", admin, nil)
+	if m := r.JSON(t); m["state"] != "ready" || m["error"] != nil || !reflect.DeepEqual(m["status"], map[string]any{}) {
+		t.Fatalf("running again: %s; want no error, no reason", r.Body)
 	}
 }
