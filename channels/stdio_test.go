@@ -19,6 +19,7 @@ import (
 
 	"github.com/nimbus/gateway/channels"
 	"github.com/nimbus/gateway/client"
+	"github.com/nimbus/gateway/internal/testruntime"
 	"github.com/nimbus/gateway/store"
 	"github.com/nimbus/gateway/targets"
 )
@@ -54,7 +55,9 @@ func newHarness(t testing.TB, tty bool, opt channels.StdioOptions, argv ...strin
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	cat := targets.NewCatalog(st, targets.Options{DataDir: t.TempDir(), StopGrace: time.Second})
+	copts := targets.Options{DataDir: t.TempDir(), StopGrace: time.Second}
+	testruntime.Apply(t, &copts)
+	cat := targets.NewCatalog(st, copts)
 	h := &harness{t: t, opt: opt, results: make(chan served, 64)}
 	srv := httptest.NewServer(http.HandlerFunc(h.serve))
 	t.Cleanup(srv.Close)

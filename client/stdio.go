@@ -56,6 +56,7 @@ type Stdio struct {
 type exitInfo struct {
 	Code   int     `json:"code"`
 	Signal *string `json:"signal"`
+	Reason string  `json:"reason"`
 }
 
 // DialStdio attaches to the stdio channel at connectURL (a session's
@@ -251,6 +252,18 @@ func (s *Stdio) Exit() (code int, signal string, ok bool) {
 		signal = *s.exit.Signal
 	}
 	return s.exit.Code, signal, true
+}
+
+// ExitReason is how the workload ended, valid once Next returned io.EOF:
+// "exited", "signaled", or "oom" when the kernel killed it for going over
+// its memory limit (a runc sandbox); "" before.
+func (s *Stdio) ExitReason() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.exit == nil {
+		return ""
+	}
+	return s.exit.Reason
 }
 
 // CloseStatus is the close code and reason the server sent, once Next

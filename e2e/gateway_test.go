@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -98,6 +100,7 @@ func startGatewayEnv(t testing.TB, dir string, env []string, extra ...string) *g
 		"--metrics-addr", metricsAddr,
 		// No warm Chromium: these tests need none, and two cores are shared.
 		"--browser-warm", "-1"}, extra...)
+	g.args = append(g.args, runtimeArgs(g.addr, extra)...)
 	for _, a := range extra {
 		if a == "--tenant-key" {
 			g.devKeys = false
@@ -112,10 +115,12 @@ func startGatewayEnv(t testing.TB, dir string, env []string, extra ...string) *g
 	g.start()
 	t.Cleanup(func() {
 		g.stop()
-		// Every workload of this data dir must be gone with its gateway.
+		// Every workload of this data dir must be gone with its gateway,
+		// a container's too (found by its block's uids).
 		deadline := time.Now().Add(5 * time.Second)
+		first, last := harnessBlock(g.addr)
 		for {
-			left := procsIn(dir)
+			left := append(procsIn(dir), procsOf(first, last)...)
 			if len(left) == 0 {
 				break
 			}
@@ -133,6 +138,46 @@ func startGatewayEnv(t testing.TB, dir string, env []string, extra ...string) *g
 		}
 	})
 	return g
+}
+
+// harnessBlocks is where the sandbox user ids of the harness's gateways
+// start: above every block a test names itself.
+const harnessBlocks = 1_000_000
+
+// harnessBlock is the sandbox user ids of the gateway on addr, 16 from
+// its port: gateways running at once (in this package and others) have
+// different ports, hence blocks, and none claims, on start, another's
+// containers.
+func harnessBlock(addr string) (first, last uint64) {
+	_, p, _ := net.SplitHostPort(addr)
+	port, _ := strconv.ParseUint(p, 10, 16)
+	first = harnessBlocks + port*16
+	return first, first + 15
+}
+
+// runtimeArgs are the flags that pick the gateway's sandbox runtime:
+// NIMBUS_TEST_SANDBOX_RUNTIME (runc, process; default: the gateway's own
+// choice, runc where it can), unless the test picks one; and, where the
+// runtime can be runc, a block of sandbox ids of the gateway's own unless
+// the test names users.
+func runtimeArgs(addr string, extra []string) []string {
+	var out []string
+	rt := os.Getenv("NIMBUS_TEST_SANDBOX_RUNTIME")
+	if !slices.Contains(extra, "--sandbox-runtime") && rt != "" {
+		out = append(out, "--sandbox-runtime", rt)
+	} else if i := slices.Index(extra, "--sandbox-runtime"); i >= 0 && i+1 < len(extra) {
+		rt = extra[i+1]
+	}
+	if rt == "" {
+		if _, err := exec.LookPath("runc"); err != nil || os.Geteuid() != 0 {
+			rt = "process" // what the gateway will pick
+		}
+	}
+	if rt != "process" && !slices.Contains(extra, "--sandbox-user") {
+		first, last := harnessBlock(addr)
+		out = append(out, "--sandbox-user", fmt.Sprintf("%d-%d", first, last))
+	}
+	return out
 }
 
 // freeAddr returns a loopback address with a port nobody listens on.

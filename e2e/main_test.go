@@ -82,6 +82,7 @@ func (s sweepingM) Run() int {
 // proc is one process found in /proc.
 type proc struct {
 	pid, ppid int
+	uid       uint64 // real uid
 	cmd, cwd  string
 }
 
@@ -101,7 +102,11 @@ func procs() []proc {
 		}
 		cwd, _ := p.Cwd()
 		args, _ := p.CmdLine()
-		out = append(out, proc{pid: p.PID, ppid: st.PPID, cwd: cwd,
+		var uid uint64
+		if ps, err := p.NewStatus(); err == nil {
+			uid = ps.UIDs[0]
+		}
+		out = append(out, proc{pid: p.PID, ppid: st.PPID, cwd: cwd, uid: uid,
 			cmd: strings.TrimSpace(strings.Join(args, " "))})
 	}
 	return out
@@ -121,6 +126,18 @@ func alive(pid int) bool {
 // reaped yet (state Z, or X while it goes).
 func zombie(st procfs.ProcStat) bool { return st.State == "Z" || st.State == "X" }
 
+// procsOf lists the processes whose real uid is in [first, last]: a
+// container's, whose working directory is its own /workspace.
+func procsOf(first, last uint64) []proc {
+	var out []proc
+	for _, p := range procs() {
+		if p.uid >= first && p.uid <= last {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // procsIn lists the processes whose working directory is under dir: a
 // gateway started on a data dir there (it runs in its data dir), and every
 // sandbox workload (it runs in its sandbox root), even one orphaned by its
@@ -138,7 +155,7 @@ func procsIn(dir string) []proc {
 func leftoverProcs() []proc {
 	var out []proc
 	for _, p := range procs() {
-		if strings.HasPrefix(p.cmd, gatewayBin) || strings.HasPrefix(p.cwd, tmpRoot+"/") {
+		if strings.HasPrefix(p.cmd, gatewayBin) || strings.HasPrefix(p.cwd, tmpRoot+"/") || p.uid >= harnessBlocks {
 			out = append(out, p)
 		}
 	}

@@ -150,7 +150,10 @@ func TestSecuritySandboxNProc(t *testing.T) {
 	if _, err := exec.LookPath("perl"); err != nil {
 		t.Skip("the forking workload is a perl script")
 	}
-	g := startGatewayIn(t, sandboxUserDir(t), "--sandbox-user", "252000-252009", "--sandbox-nproc", "16")
+	// RLIMIT_NPROC is the process runtime's limit; a container's is its
+	// pids cgroup (--sandbox-pids, TestContainerForkBombStopsAtPids and
+	// TestRuncForkBombAndOOM).
+	g := startGatewayIn(t, sandboxUserDir(t), "--sandbox-user", "252000-252009", "--sandbox-nproc", "16", "--sandbox-runtime", "process")
 	g.createSandbox("sbx-forker", false, "perl", "-e", `$| = 1; my $n = 0; for (1..200) { my $p = fork(); `+
 		`if (!defined $p) { print "fork failed: ", ($!{EAGAIN} ? "EAGAIN" : "$!"), "\n"; last } `+
 		`if ($p == 0) { sleep 600; exit 0 } $n++ } print "forked $n end\n"; sleep 600`)
@@ -225,7 +228,9 @@ func TestSecuritySandboxNProc(t *testing.T) {
 // session with setsid. Before, all three survived such a restart.
 func TestSecuritySandboxOrphansFastRestart(t *testing.T) {
 	t.Parallel()
-	g := startGateway(t)
+	// The sweep of orphaned child processes; a container cannot outlive
+	// its gateway (TestRuncContainersDieWithGateway).
+	g := startGateway(t, "--sandbox-runtime", "process")
 	g.stop() // its arguments are reused below, by a run whose parent does not reap it
 
 	// The gateway as the child of a shell that then becomes `sleep`, which

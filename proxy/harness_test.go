@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/nimbus/gateway/authn"
+	"github.com/nimbus/gateway/internal/testruntime"
 	"github.com/nimbus/gateway/lease"
 	"github.com/nimbus/gateway/proxy"
 	"github.com/nimbus/gateway/store"
@@ -136,7 +137,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	e.catalog = targets.NewCatalog(db, targets.Options{DataDir: e.dir, Logger: log})
+	copts := targets.Options{DataDir: e.dir, Logger: log}
+	testruntime.Apply(t, &copts)
+	e.catalog = targets.NewCatalog(db, copts)
 	if err := e.catalog.Seed(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}

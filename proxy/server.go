@@ -40,6 +40,10 @@ type Options struct {
 	// checked. It runs at most once a second, however often /readyz is
 	// asked (store.SQLite.CheckWritable).
 	Writable func(context.Context) error
+	// Runtime says what runs the targets and what that confines
+	// ("sandboxes", "browsers"), for /readyz's details: an operator reads
+	// there, not only in the start banner, what isolates a tenant.
+	Runtime map[string]string
 
 	// MaxConnsPerSession bounds the live connections of one session;
 	// zero means 32.
@@ -106,6 +110,7 @@ type Server struct {
 	now         func() time.Time
 	handler     http.Handler
 	metricsAPI  bool // /metrics on handler too (Options.MetricsOnAPI)
+	runtime     map[string]string
 
 	conns        *registry
 	pingInterval time.Duration
@@ -127,7 +132,7 @@ func New(o Options) *Server {
 		sessions: o.Sessions, lease: o.Lease, catalog: o.Catalog, tenants: o.Tenants, connectKeys: o.ConnectKeys,
 		ping:      o.Ping,
 		publicURL: strings.TrimRight(o.PublicURL, "/"), log: o.Logger, registry: o.Registry, now: o.Now,
-		browsers: o.Browsers, metricsAPI: o.MetricsOnAPI,
+		browsers: o.Browsers, metricsAPI: o.MetricsOnAPI, runtime: o.Runtime,
 	}
 	s.conns = newRegistry(o.MaxConnsPerSession)
 	s.lease.OnEnd(s.sessionEnded)
@@ -292,7 +297,12 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	writeJSON(w, http.StatusOK, readyJSON{Status: "ready", Runtime: s.runtime})
+}
+
+type readyJSON struct {
+	Status  string            `json:"status"`
+	Runtime map[string]string `json:"runtime,omitempty"`
 }
 
 // allowedMethods lists the methods router would take for r's path: the

@@ -38,6 +38,7 @@ type Catalog struct {
 	wcfg      workloadConfig
 	uids      *uidAllocator // nil unless Options.UIDs
 	runs      *runRecord    // this gateway's workload sessions, for the next one's orphan sweep
+	runc      *Runc         // nil: workloads are child processes
 	claimOnce sync.Once     // claim
 
 	watchers sync.WaitGroup // one per registered workload, until its exit is handled
@@ -91,6 +92,10 @@ type Options struct {
 	// workload is stopped at its exec (ptrace) until the limit is set, so
 	// no instruction of it runs unlimited.
 	NProc int
+	// Runc, if not nil, runs every workload in a container of its own
+	// (SPEC §9.1) instead of as a child process; it needs UIDs, and makes
+	// NProc moot (the container's pids limit replaces it).
+	Runc *Runc
 }
 
 // Resolved is what an open's target resolves to (SPEC §4.1 step 4).
@@ -185,6 +190,10 @@ func NewCatalog(store Store, opts Options) *Catalog {
 	if opts.UIDs != nil {
 		c.uids = newUIDAllocator(*opts.UIDs, store, c.sbDir)
 	}
+	if opts.Runc != nil && c.uids != nil {
+		c.runc = opts.Runc
+		c.wcfg.nproc = 0
+	}
 	return c
 }
 
@@ -199,6 +208,15 @@ func (c *Catalog) claim(ctx context.Context) error {
 		// reaches its direct children) must not run beside the new workloads.
 		if n := killOrphans(c.dataDir); n > 0 {
 			c.log.Warn("killed workload processes left by a gateway that died", zap.Int("count", n))
+		}
+		if c.runc != nil {
+			n, serr := c.runc.Sweep(ctx)
+			if n > 0 {
+				c.log.Warn("removed containers left by a gateway that died", zap.Int("count", n))
+			}
+			if serr != nil {
+				c.log.Warn("cannot remove every container left by a gateway that died", zap.Error(serr))
+			}
 		}
 		err = c.claimUIDs(ctx)
 	})

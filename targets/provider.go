@@ -53,6 +53,20 @@ type workloadConfig struct {
 	runs     *runRecord    // where the workload's session is recorded; nil = nowhere
 }
 
+// withDefaults fills cfg's zero fields.
+func (cfg workloadConfig) withDefaults() workloadConfig {
+	if cfg.ringSize == 0 {
+		cfg.ringSize = defaultRingSize
+	}
+	if cfg.drain <= 0 {
+		cfg.drain = defaultDrain
+	}
+	if cfg.log == nil {
+		cfg.log = zap.NewNop()
+	}
+	return cfg
+}
+
 // startWorkload starts sb.Command in sb.Root and returns once the process
 // runs (or failed to start: command not found, not executable, root
 // missing). The process gets a minimal environment (PATH, HOME = the root,
@@ -64,15 +78,7 @@ func startWorkload(sb Sandbox, cfg workloadConfig) (*Workload, error) {
 	if len(sb.Command) == 0 || sb.Command[0] == "" {
 		return nil, errors.New("no command")
 	}
-	if cfg.ringSize == 0 {
-		cfg.ringSize = defaultRingSize
-	}
-	if cfg.drain <= 0 {
-		cfg.drain = defaultDrain
-	}
-	if cfg.log == nil {
-		cfg.log = zap.NewNop()
-	}
+	cfg = cfg.withDefaults()
 	env := workloadEnv(sb)
 	path, err := lookPath(sb.Command[0], env, sb.Root)
 	if err != nil {

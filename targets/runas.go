@@ -248,7 +248,9 @@ func lockRoot(root string) error {
 // to let that user through, so a data directory under, say, a 0700 home
 // fails here with the reason instead of as an EACCES from the workload's
 // chdir.
-func prepareRoot(root string, runAs *Credential) error {
+// mounted (a container's root, bind-mounted at /workspace) skips the
+// reach check: the workload never walks the host's path to it.
+func prepareRoot(root string, runAs *Credential, mounted bool) error {
 	if runAs == nil {
 		return os.MkdirAll(root, 0o750)
 	}
@@ -269,6 +271,9 @@ func prepareRoot(root string, runAs *Credential) error {
 	}
 	if err := os.Chmod(root, 0o750); err != nil { // lockRoot may have closed it
 		return err
+	}
+	if mounted {
+		return nil // a container sees the root at /workspace, not through its parents
 	}
 	return CheckReach(filepath.Dir(root), *runAs)
 }

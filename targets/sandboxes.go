@@ -56,7 +56,13 @@ func (c *Catalog) GetSandbox(ctx context.Context, tenantID, id string) (Sandbox,
 	if err := checkName("id", id); err != nil {
 		return Sandbox{}, err
 	}
-	return c.store.GetSandbox(ctx, tenantID, id)
+	sb, err := c.store.GetSandbox(ctx, tenantID, id)
+	if err == nil && sb.State == Ready {
+		if w, ok := c.Workload(tenantID, id); ok {
+			sb.Usage = w.Usage()
+		}
+	}
+	return sb, err
 }
 
 // ListSandboxes returns the tenant's sandboxes by id (empty, not nil, for
@@ -147,10 +153,19 @@ func (c *Catalog) start(ctx context.Context, sb Sandbox) (Sandbox, error) {
 		}
 		cfg.runAs = &Credential{UID: uid, GID: uid}
 	}
-	if err := prepareRoot(sb.Root, cfg.runAs); err != nil {
+	if c.runc != nil && cfg.runAs == nil {
+		return c.fail(ctx, sb, "the runc runtime needs a block of sandbox user ids")
+	}
+	if err := prepareRoot(sb.Root, cfg.runAs, c.runc != nil); err != nil {
 		return c.fail(ctx, sb, "create sandbox root: "+err.Error())
 	}
-	w, err := startWorkload(sb, cfg)
+	var w *Workload
+	var err error
+	if c.runc != nil {
+		w, err = c.runc.startContainer(sb, *cfg.runAs, cfg)
+	} else {
+		w, err = startWorkload(sb, cfg)
+	}
 	if err != nil {
 		return c.fail(ctx, sb, "start workload: "+err.Error())
 	}
@@ -204,12 +219,15 @@ func (c *Catalog) watch(k sandboxKey, w *Workload) {
 	}
 	st := w.Exit()
 	reason := fmt.Sprintf("workload exited with code %d", st.Code)
-	if st.Signal != "" {
+	switch {
+	case st.Reason == ReasonOOM:
+		reason = "workload killed for going over its memory limit (oom)"
+	case st.Signal != "":
 		reason = "workload killed by " + st.Signal
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), exitWriteTimeout)
 	defer cancel()
-	if _, err := c.store.SetSandboxState(ctx, k.tenantID, k.id, Failed, reason); err != nil {
+	if _, err := c.store.SetSandboxExit(ctx, k.tenantID, k.id, reason, st.Reason); err != nil {
 		c.log.Error("cannot record workload exit", zap.String("tenant", k.tenantID), zap.String("sandbox", k.id), zap.Error(err))
 		return
 	}

@@ -26,6 +26,7 @@ type Workload struct {
 	drain time.Duration
 	log   *zap.Logger
 	done  chan struct{}
+	ctr   *container // the workload's container under runc; nil for a child process
 
 	hub     hub            // the output fan-out; has its own lock
 	readers sync.WaitGroup // the output reader goroutines
@@ -69,8 +70,9 @@ type WorkloadStats struct {
 // and stderr are then one stream, reported as stdout).
 func (w *Workload) TTY() bool { return w.tty }
 
-// PID is the process id of the workload's main process. After Done it may
-// belong to another process.
+// PID is the process id of the workload's main process, in the gateway's
+// pid namespace; for a container, of its init (the workload's parent).
+// After Done it may belong to another process.
 func (w *Workload) PID() int { return w.pid }
 
 // Write writes p to the workload's stdin. Concurrent writes are not
@@ -133,7 +135,29 @@ func (w *Workload) Signal(sig syscall.Signal) error {
 	if w.exited {
 		return os.ErrProcessDone
 	}
+	return w.signalLocked(sig)
+}
+
+func (w *Workload) signalLocked(sig syscall.Signal) error {
+	if w.ctr != nil {
+		return w.ctr.signal(sig)
+	}
 	return syscall.Kill(-w.pid, sig)
+}
+
+// Usage is what the workload's container uses now, nil for a child
+// process (no cgroup of its own) or once it is gone.
+func (w *Workload) Usage() *Usage {
+	if w.ctr == nil {
+		return nil
+	}
+	w.mu.Lock()
+	exited := w.exited
+	w.mu.Unlock()
+	if exited {
+		return nil
+	}
+	return w.ctr.usage()
 }
 
 // Done is closed once the process has exited and been reaped, and all its
@@ -165,9 +189,9 @@ func (w *Workload) Stop(grace time.Duration) {
 	w.mu.Lock()
 	if !w.exited {
 		if w.tty {
-			_ = syscall.Kill(-w.pid, syscall.SIGHUP)
+			_ = w.signalLocked(syscall.SIGHUP)
 		}
-		_ = syscall.Kill(-w.pid, syscall.SIGTERM)
+		_ = w.signalLocked(syscall.SIGTERM)
 	}
 	w.mu.Unlock()
 	t := time.NewTimer(grace)
@@ -204,6 +228,10 @@ func (w *Workload) Stats() WorkloadStats {
 // process is not reaped: its pid, hence the group and session ids, cannot
 // be reused until then.
 func (w *Workload) killAllLocked(sig syscall.Signal) {
+	if w.ctr != nil {
+		w.ctr.kill() // the namespace's init: the kernel ends the rest
+		return
+	}
 	_ = syscall.Kill(-w.pid, sig)
 	for _, pid := range sessionMembers(w.pid) {
 		_ = syscall.Kill(pid, sig)

@@ -286,6 +286,11 @@ func twoReplicas(t testing.TB, owners bool) (pg, dir string, a, b *gateway) {
 	dir = t.TempDir()
 	replica := func(c *serveConfig) {
 		c.store = pg
+		// Both share one data directory (and its keys): under runc each
+		// would claim the same block of sandbox ids and container state,
+		// which one gateway per data directory owns (lockDataDir). The
+		// relay under test does not depend on the runtime.
+		c.sandboxRuntime, c.sandboxUser = runtimeProcess, ""
 		if owners {
 			c.publicURL = "http://" + c.addr
 		}

@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -50,6 +52,13 @@ func startGateway(t testing.TB, dataDir string, extra ...func(*serveConfig)) *ga
 	c := serveConfig{addr: ln.Addr().String(), dataDir: dataDir, logLevel: "warn", listener: ln,
 		ttlDefault: 15 * time.Minute, ttlMax: time.Hour, maxSessions: 1000, drainTimeout: 5 * time.Second,
 		browserWarm: -1} // no idle Chromium for tests that never open a browser
+	if os.Geteuid() == 0 {
+		// A block of sandbox ids of its own (runc, the default as root,
+		// takes one): gateways of other test binaries run at once, and
+		// each kills, on start, whatever runs under its block.
+		first := 5_000_000 + ln.Addr().(*net.TCPAddr).Port*16
+		c.sandboxUser = fmt.Sprintf("%d-%d", first, first+15)
+	}
 	for _, f := range extra {
 		f(&c)
 	}

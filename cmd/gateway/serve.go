@@ -44,6 +44,10 @@ type serveConfig struct {
 	metricsTenantLabels                                         bool
 	storeFile                                                   string
 	sandboxRootDir                                              string
+	sandboxRuntime                                              string
+	sandboxMemory                                               targets.Bytes
+	sandboxPids                                                 int
+	sandboxCPUs                                                 float64
 	minFreeBytes                                                byteSize
 	// argvSecrets are the secrets given on the command line, warned
 	// about at start (secrets.go).
@@ -64,6 +68,11 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.storeFile, "store-file", "", "file holding the --store value (e.g. a postgres:// URL with its password), read at start; keep it 0600")
 	fs.StringVar(&c.publicURL, "public-url", "", "base URL of minted connect URLs (default: from each request's Host)")
 	fs.StringVar(&c.sandboxUser, "sandbox-user", "", `user ids of sandbox workloads (needs the gateway to run as root): a block first-last, one id per sandbox (200000-299999), or one user[:group] for all; default: the gateway's own user, which lets workloads read the data directory's keys`)
+	fs.StringVar(&c.sandboxRuntime, "sandbox-runtime", runtimeAuto, `what runs sandbox workloads: "runc" (an OCI container each: own namespaces, read-only /usr, own uid, seccomp, cgroup limits), "process" (child processes of the gateway, no isolation boundary), or "auto": runc when the gateway runs as root and runc works, else process`)
+	c.sandboxMemory = 512 << 20
+	fs.Var(&c.sandboxMemory, "sandbox-memory", "memory limit of a runc sandbox unless its resources say otherwise (512Mi, 1Gi, …); over it the kernel OOM-kills the workload")
+	fs.IntVar(&c.sandboxPids, "sandbox-pids", 256, "processes and threads a runc sandbox may have unless its resources say otherwise")
+	fs.Float64Var(&c.sandboxCPUs, "sandbox-cpus", 1, "CPUs a runc sandbox may use unless its resources say otherwise (a CFS quota; 0.5 is half a core)")
 	fs.IntVar(&c.sandboxNProc, "sandbox-nproc", 256, "RLIMIT_NPROC of sandbox workloads: processes and threads a sandbox's user may have, beyond which its forks fail with EAGAIN (0: no limit); per sandbox with a --sandbox-user block, shared by all with one user, not applied without --sandbox-user")
 	fs.StringVar(&c.chromium, "chromium", "", "Chromium binary for the browser service (default: found on PATH)")
 	fs.Var(&c.tenantKeys, "tenant-key", "tenant-token verification key file (HS256 secret, Ed25519 or RSA public key PEM); repeatable; default: the development key in the data dir")
@@ -137,6 +146,11 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	runc, uids, err := sandboxRuntime(c, runAs, uids, log)
+	if err != nil {
+		return err
+	}
+	runtimeDesc := describeRuntime(runc, log)
 	browserUIDs, err := parseBrowserUsers(c.browserUser)
 	if err == nil {
 		err = checkBlocksApart(browserUIDs, uids)
@@ -150,8 +164,12 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	}
 	switch {
 	case uids != nil:
-		if err := openSandboxesTo(c, targets.Credential{UID: uids.First, GID: uids.First}); err != nil {
-			return fmt.Errorf("--sandbox-user: %w", err)
+		// A container sees its root bind-mounted: the data directory stays
+		// closed to the sandbox users. A child process walks to it.
+		if runc == nil {
+			if err := openSandboxesTo(c, targets.Credential{UID: uids.First, GID: uids.First}); err != nil {
+				return fmt.Errorf("--sandbox-user: %w", err)
+			}
 		}
 		unlock, err := lockDataDir(c.dataDir)
 		if err != nil {
@@ -167,7 +185,7 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		log.Warn("sandbox workloads run as root, the gateway's user: they can read its keys and database; set --sandbox-user")
 	}
 	catalog := targets.NewCatalog(db, targets.Options{DataDir: c.dataDir, Logger: log, RunAs: runAs, UIDs: uids, NProc: c.sandboxNProc,
-		SandboxDir: c.sandboxRootDir})
+		SandboxDir: c.sandboxRootDir, Runc: runc})
 	if err := catalog.Seed(ctx, cfg); err != nil {
 		return fmt.Errorf("seeding the catalog: %w", err)
 	}
@@ -192,6 +210,7 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 		MaxConnsPerSession: c.maxConns, PingInterval: c.pingInterval, PingTimeout: c.pingTimeout,
 		PublicURL: c.publicURL, Logger: log, Registry: reg, Browsers: browsers,
 		MetricsOnAPI: c.metricsAddr == metricsOnAPI, MetricsTenantLabels: c.metricsTenantLabels,
+		Runtime: map[string]string{"sandboxes": runtimeDesc, "browsers": describeBrowsers(browsers, browserUIDs)},
 	})
 
 	ln := c.listener
