@@ -93,6 +93,9 @@ func NewRunc(cfg RuncConfig, log *zap.Logger) (*Runc, error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("no state directory")
 	}
+	if cfg.StateDir, err = filepath.Abs(cfg.StateDir); err != nil {
+		return nil, err
+	}
 	if cfg.TmpSize == 0 {
 		cfg.TmpSize = 64 << 20
 	}
@@ -123,6 +126,15 @@ func NewRunc(cfg RuncConfig, log *zap.Logger) (*Runc, error) {
 func (rt *Runc) Describe() string {
 	return fmt.Sprintf("runc (%s): own pid, mount, ipc, uts and network namespaces, read-only /usr, own uid without capabilities, seccomp, %s limits; shares the host kernel",
 		rt.runc.Command, rt.cgroups)
+}
+
+// Close releases the egress network (its host rules and bridge go once no
+// container is attached); after the catalog's Close.
+func (rt *Runc) Close() error {
+	if c, ok := rt.cfg.Egress.(interface{ Close() error }); ok {
+		return c.Close()
+	}
+	return nil
 }
 
 // Sweep removes the containers and bundles a previous gateway left in the

@@ -56,11 +56,30 @@ func sandboxRuntime(c serveConfig, runAs *targets.Credential, uids *targets.UIDR
 		}
 		uids = block
 	}
-	rt, err := targets.NewRunc(targets.RuncConfig{
-		StateDir: filepath.Join(c.dataDir, "containers"),
-		Defaults: targets.Resources{Memory: c.sandboxMemory, PIDs: int64(c.sandboxPids), CPUs: c.sandboxCPUs},
-	}, log.Named("runc"))
+	// Absolute: runc and the CNI plugins run in other directories.
+	state, err := filepath.Abs(filepath.Join(c.dataDir, "containers"))
 	if err != nil {
+		return nil, nil, err
+	}
+	cfg := targets.RuncConfig{
+		StateDir: state,
+		Defaults: targets.Resources{Memory: c.sandboxMemory, PIDs: int64(c.sandboxPids), CPUs: c.sandboxCPUs},
+	}
+	// The egress network of sandboxes that ask for one (SPEC §9.3); without
+	// it they fail to start and say why, the others run.
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return nil, nil, err
+	}
+	if e, err := targets.NewEgress(targets.EgressConfig{StateDir: filepath.Join(state, "net")}, log.Named("egress")); err != nil {
+		log.Warn("no egress network: sandboxes with network egress will fail to start", zap.Error(err))
+	} else {
+		cfg.Egress = e
+	}
+	rt, err := targets.NewRunc(cfg, log.Named("runc"))
+	if err != nil {
+		if e, ok := cfg.Egress.(*targets.Egress); ok {
+			_ = e.Close()
+		}
 		if explicit {
 			return nil, nil, fmt.Errorf("--sandbox-runtime runc: %w", err)
 		}

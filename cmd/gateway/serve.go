@@ -150,6 +150,9 @@ func runServer(ctx context.Context, c serveConfig, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	if runc != nil {
+		defer runc.Close() // after the catalog's Close, deferred below
+	}
 	runtimeDesc := describeRuntime(runc, log)
 	browserUIDs, err := parseBrowserUsers(c.browserUser)
 	if err == nil {
