@@ -51,8 +51,12 @@ func TestRuncContainersDieWithGateway(t *testing.T) {
 	g := startGateway(t, "--sandbox-runtime", "runc")
 	g.createSandbox("sbx-long", false, "sh", "-c", "sleep 600 & sleep 600")
 	first, last := harnessBlock(g.addr)
-	if n := len(procsOf(first, last)); n < 3 { // init, sh, two sleeps
-		t.Fatalf("%d processes in the sandboxes' block, want the workloads'", n)
+	// init, sh and its two sleeps, once sh has forked them.
+	for i := 0; len(procsOf(first, last)) < 4; i++ {
+		if i == 250 {
+			t.Fatalf("processes in the sandboxes' block: %v, want the workload's four", procsOf(first, last))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	g.kill9()
 	deadline := time.Now().Add(10 * time.Second)

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 
 	"go.uber.org/zap"
 
@@ -65,21 +67,16 @@ func sandboxRuntime(c serveConfig, runAs *targets.Credential, uids *targets.UIDR
 		StateDir: state,
 		Defaults: targets.Resources{Memory: c.sandboxMemory, PIDs: int64(c.sandboxPids), CPUs: c.sandboxCPUs},
 	}
-	// The egress network of sandboxes that ask for one (SPEC §9.3); without
-	// it they fail to start and say why, the others run.
+	// The egress network of sandboxes that ask for one (SPEC §9.3), made
+	// at the first such sandbox: a gateway whose sandboxes never ask
+	// touches neither the host's bridge nor its firewall.
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, nil, err
 	}
-	if e, err := targets.NewEgress(targets.EgressConfig{StateDir: filepath.Join(state, "net")}, log.Named("egress")); err != nil {
-		log.Warn("no egress network: sandboxes with network egress will fail to start", zap.Error(err))
-	} else {
-		cfg.Egress = e
-	}
+	cfg.Egress = &lazyEgress{cfg: targets.EgressConfig{StateDir: filepath.Join(state, "net")}, log: log.Named("egress")}
 	rt, err := targets.NewRunc(cfg, log.Named("runc"))
 	if err != nil {
-		if e, ok := cfg.Egress.(*targets.Egress); ok {
-			_ = e.Close()
-		}
+
 		if explicit {
 			return nil, nil, fmt.Errorf("--sandbox-runtime runc: %w", err)
 		}
@@ -111,4 +108,81 @@ func describeBrowsers(pool *targets.BrowserPool, uids *targets.UIDRange) string 
 		return fmt.Sprintf("DevTools over a pipe, no TCP port; each Chromium as its own user (%d-%d); not confined: world-readable host files and the host's loopback", uids.First, uids.Last)
 	}
 	return "DevTools over a pipe, no TCP port; Chromium runs as the gateway's own user"
+}
+
+// lazyEgress makes the CNI egress network (targets.Egress) when a sandbox
+// first asks for it, or at start when a previous gateway left namespaces
+// to sweep.
+type lazyEgress struct {
+	cfg targets.EgressConfig
+	log *zap.Logger
+
+	mu  sync.Mutex
+	e   *targets.Egress // guarded by mu
+	err error           // guarded by mu: why it could not be made
+}
+
+func (l *lazyEgress) get() (*targets.Egress, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.e == nil && l.err == nil {
+		l.e, l.err = targets.NewEgress(l.cfg, l.log)
+		if l.err != nil {
+			l.log.Warn("no egress network: sandboxes with network egress fail to start", zap.Error(l.err))
+		}
+	}
+	return l.e, l.err
+}
+
+func (l *lazyEgress) made() *targets.Egress {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.e
+}
+
+// Attach makes id's namespace on the egress network.
+func (l *lazyEgress) Attach(ctx context.Context, id string) (string, error) {
+	e, err := l.get()
+	if err != nil {
+		return "", err
+	}
+	return e.Attach(ctx, id)
+}
+
+// Detach removes id's namespace; nothing to do before the network exists.
+func (l *lazyEgress) Detach(ctx context.Context, id string) error {
+	if e := l.made(); e != nil {
+		return e.Detach(ctx, id)
+	}
+	return nil
+}
+
+// Sweep removes what a previous gateway left, if it left any namespace.
+func (l *lazyEgress) Sweep(ctx context.Context) error {
+	left, _ := os.ReadDir(filepath.Join(l.cfg.StateDir, "netns"))
+	if len(left) == 0 && l.made() == nil {
+		return nil
+	}
+	e, err := l.get()
+	if err != nil {
+		return err
+	}
+	return e.Sweep(ctx)
+}
+
+// ResolvConf is the egress network's resolver file.
+func (l *lazyEgress) ResolvConf() ([]byte, error) {
+	e, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return e.ResolvConf()
+}
+
+// Close releases the network if it was made.
+func (l *lazyEgress) Close() error {
+	if e := l.made(); e != nil {
+		return e.Close()
+	}
+	return nil
 }
