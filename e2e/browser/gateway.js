@@ -42,7 +42,7 @@ export async function startGateway({ warm = 2 } = {}) {
   const config = join(tmp, 'catalog.yaml');
   writeFileSync(config, 'tenants:\n  - id: demo\n    services:\n      - {name: browser, kind: browser}\n');
   const child = spawn(bin, ['serve', '--addr', `127.0.0.1:${port}`, '--data-dir', dataDir, '--config', config,
-    '--browser-warm', String(warm > 0 ? warm : -1), '--metrics-addr', 'off'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    '--browser-warm', String(warm > 0 ? warm : -1), '--metrics-addr', 'off', '--sandbox-runtime', 'process'], { stdio: ['ignore', 'ignore', 'inherit'] });
   const url = `http://127.0.0.1:${port}`;
   await waitReady(url);
   const token = execFileSync(bin, ['token', 'mint', '--data-dir', dataDir, '--tenant', 'demo', '--subject', 't', '--service', 'browser'])

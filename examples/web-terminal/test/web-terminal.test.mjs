@@ -51,7 +51,7 @@ before(async () => {
   const dataDir = await mkdtemp(join(tmpdir(), "nimbus-webterm-data-"));
   const port = await freePort();
   const endpoint = `http://127.0.0.1:${port}`;
-  const gw = spawn(bin, ["serve", "--addr", `127.0.0.1:${port}`, "--data-dir", dataDir, "--log-level", "warn", "--metrics-addr", "off"], { stdio: ["ignore", "ignore", "pipe"] });
+  const gw = spawn(bin, ["serve", "--addr", `127.0.0.1:${port}`, "--data-dir", dataDir, "--log-level", "warn", "--metrics-addr", "off", "--sandbox-runtime", "process"], { stdio: ["ignore", "ignore", "pipe"] });
   let logs = "";
   gw.stderr.on("data", (b) => (logs += b));
   process.once("exit", () => gw.kill("SIGKILL")); // even if the test process dies

@@ -84,6 +84,10 @@ export async function startGateway(opts: StartOptions = {}): Promise<Gateway> {
       "--browser-warm", "-1",
       // Several gateways run at once: none takes the fixed default metrics port.
       "--metrics-addr", "off",
+      // Child-process sandboxes: under runc every gateway here would claim
+      // the same default block of sandbox ids and kill the others'
+      // containers at start (the Go e2e suite gives each its own block).
+      "--sandbox-runtime", "process",
       ...(opts.args ?? []),
     ],
     { stdio: ["ignore", "pipe", "pipe"] },
