@@ -397,8 +397,8 @@ func (c *container) kill() {
 }
 
 // runContainer waits for the init's exit report (or for the init to
-// vanish), removes the container, and finishes the workload as run does
-// for a child process.
+// vanish), removes the container, and finishes the workload as a child
+// process's is (finish).
 func (w *Workload) runContainer() {
 	c := w.ctr
 	line, _ := c.status.ReadString('\n')
@@ -416,23 +416,7 @@ func (w *Workload) runContainer() {
 		st.Reason = ReasonOOM
 	}
 	c.remove()
-
-	if !w.tty {
-		_ = w.closeStdin()
-	}
-	deadline := time.Now().Add(w.drain)
-	for _, f := range w.outs {
-		_ = f.SetReadDeadline(deadline)
-	}
-	w.readers.Wait()
-	for _, f := range w.outs {
-		_ = f.Close()
-	}
-	w.mu.Lock()
-	w.exit = st
-	w.mu.Unlock()
-	w.hub.finish()
-	close(w.done)
+	w.finish(st)
 }
 
 // remove deletes the stopped container, its cgroups, its network and its

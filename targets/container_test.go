@@ -355,20 +355,11 @@ func TestContainerSweep(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the swept container's workload did not end")
 	}
-	if pidAlive(w.PID()) {
+	if processAlive(w.PID()) {
 		t.Error("the swept container's init is alive")
 	}
 }
 
-// pidAlive reports whether pid runs (not a zombie).
-func pidAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i > 0 && len(b) > i+2 && b[i+2] != 'Z'
-}
 
 // waitSandbox waits until the catalog has recorded state for sandbox id
 // (its exit watcher runs after the workload's Done).

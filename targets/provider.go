@@ -185,6 +185,13 @@ func (w *Workload) run(cmd *exec.Cmd, cfg workloadConfig, started chan<- error) 
 		w.log.Warn("wait failed", zap.Int("pid", w.pid), zap.Error(waitErr))
 	}
 
+	w.finish(st)
+}
+
+// finish ends a workload whose process (or container) has ended: stdin
+// closed, the output drained for at most w.drain, the exit recorded, the
+// hub finished and Done closed. Both runtimes end this way.
+func (w *Workload) finish(st ExitStatus) {
 	if !w.tty {
 		_ = w.closeStdin() // writers get an error now, not a blocked pipe
 	}
