@@ -360,7 +360,6 @@ func TestContainerSweep(t *testing.T) {
 	}
 }
 
-
 // waitSandbox waits until the catalog has recorded state for sandbox id
 // (its exit watcher runs after the workload's Done).
 func waitSandbox(t *testing.T, c *Catalog, id string, state SandboxState) Sandbox {
